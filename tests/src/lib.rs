@@ -401,17 +401,41 @@ impl Lab {
         .map(drop)
     }
 
-    /// Cuts a host off the LAN by setting its bridge port down: the host's
-    /// own interface stays up (carrier goes away), like a pulled cable at
-    /// the switch.
+    /// Cuts a host off the LAN while its link stays up (carrier on): the
+    /// host's veth peer is detached from the bridge, so its frames go
+    /// nowhere. This is a partition, not a link failure; see
+    /// [`Lab::cut_cable`] for that. (Setting the bridge port to the blocking
+    /// state would be the textbook way, but some kernels accept and ignore
+    /// it with STP off.)
     pub fn partition(&self, host: &str) -> Result<(), LabError> {
+        let h = self.host(host)?;
+        self.ip(
+            &self.bridge_netns,
+            ["link", "set", &h.bridge_port, "nomaster"],
+        )
+        .map(drop)
+    }
+
+    /// Undoes [`Lab::partition`].
+    pub fn heal(&self, host: &str) -> Result<(), LabError> {
+        let h = self.host(host)?;
+        self.ip(
+            &self.bridge_netns,
+            ["link", "set", &h.bridge_port, "master", BRIDGE_IFNAME],
+        )
+        .map(drop)
+    }
+
+    /// Sets a host's bridge port down: the host loses carrier, like a
+    /// pulled cable.
+    pub fn cut_cable(&self, host: &str) -> Result<(), LabError> {
         let h = self.host(host)?;
         self.ip(&self.bridge_netns, ["link", "set", &h.bridge_port, "down"])
             .map(drop)
     }
 
-    /// Undoes [`Lab::partition`].
-    pub fn heal(&self, host: &str) -> Result<(), LabError> {
+    /// Undoes [`Lab::cut_cable`].
+    pub fn plug_cable(&self, host: &str) -> Result<(), LabError> {
         let h = self.host(host)?;
         self.ip(&self.bridge_netns, ["link", "set", &h.bridge_port, "up"])
             .map(drop)
@@ -527,25 +551,31 @@ pub fn cleanup_stale() -> Result<Vec<String>, LabError> {
 /// Runs `f` on a fresh thread that has entered the network namespace
 /// `netns`, and returns its result. Sockets created in `f` (raw, netlink,
 /// ...) belong to that namespace for their whole life, also after they are
-/// handed back to another thread. To register them with a tokio runtime,
-/// enter its handle inside `f` (`let _guard = handle.enter();`).
+/// handed back to another thread. To register them with a tokio runtime
+/// running elsewhere, enter its handle inside `f` (`let _guard =
+/// handle.enter();`), or build a runtime inside `f`. `f` may borrow (the
+/// thread is scoped), e.g. the [`Lab`] to check the kernel's view.
 pub fn in_netns<T, F>(netns: &str, f: F) -> Result<T, LabError>
 where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
+    T: Send,
+    F: FnOnce() -> T + Send,
 {
     let path = format!("/run/netns/{netns}");
     let file = File::open(&path).map_err(|source| LabError::Setns {
         netns: netns.to_owned(),
         source,
     })?;
-    let thread = std::thread::spawn(move || {
-        // setns(2) changes only the calling thread: this throwaway thread.
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(std::io::Error::from)?;
-        Ok::<T, std::io::Error>(f())
+    let joined = std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // setns(2) changes only the calling thread: this throwaway one.
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+                Ok::<T, std::io::Error>(f())
+            })
+            .join()
     });
-    match thread.join() {
+    match joined {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(source)) => Err(LabError::Setns {
             netns: netns.to_owned(),

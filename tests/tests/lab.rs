@@ -50,6 +50,24 @@ fn three_hosts_ping_across_the_lan_and_vanish_on_drop() {
         })
         .unwrap();
 
+        // A partition keeps the host's carrier; a cut cable does not.
+        let c = lab.host("c").unwrap().netns.clone();
+        lab.partition("c").unwrap();
+        let link = lab.ip(&c, ["-j", "link", "show", "dev", "eth0"]).unwrap();
+        assert!(link.contains("LOWER_UP"), "{link}");
+        lab.heal("c").unwrap();
+        lab.cut_cable("c").unwrap();
+        let link = lab.ip(&c, ["-j", "link", "show", "dev", "eth0"]).unwrap();
+        assert!(link.contains("NO-CARRIER"), "{link}");
+        assert!(!lab.ping(&a, ip("192.0.2.3")).unwrap());
+        lab.plug_cable("c").unwrap();
+        wait_until(
+            "c reachable after plugging",
+            Duration::from_secs(10),
+            || lab.ping(&a, ip("192.0.2.3")).unwrap(),
+        )
+        .unwrap();
+
         // Interface down on the host side too.
         lab.set_host_link("b", false).unwrap();
         assert!(!lab.ping(&a, ip("192.0.2.2")).unwrap());
