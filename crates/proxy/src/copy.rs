@@ -1,0 +1,312 @@
+//! The data path: moves bytes both ways between client and backend, with
+//! half-close, and holds no buffer while a connection is idle.
+//!
+//! Instead of `copy_bidirectional` (two buffers allocated per connection for
+//! its whole life), each direction waits for readiness and then moves what is
+//! available synchronously, either with `splice(2)` through a pipe borrowed
+//! from a per-thread pool, or with `read`/`write` through one per-thread
+//! buffer. Per-connection memory (a pipe or a heap copy of the unsent tail) is
+//! held only while the destination is not accepting data.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use nix::fcntl::{OFlag, SpliceFFlags, splice};
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::DataPath;
+use crate::stats::BackendCounters;
+
+/// Largest chunk moved per syscall.
+const CHUNK: usize = 64 * 1024;
+/// Chunks moved per wake-up before yielding to other connections.
+const MAX_ROUNDS: usize = 16;
+/// Idle pipes kept per worker thread.
+const PIPE_POOL: usize = 16;
+
+thread_local! {
+    static COPY_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
+    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// Both directions reached end-of-file.
+    Done,
+    /// No bytes either way for the configured idle timeout.
+    IdleTimeout,
+    /// Closed by the proxy: backend removed, or shutdown deadline.
+    Closed,
+    /// A socket error (reset, broken pipe, ...).
+    Error(io::Error),
+}
+
+#[derive(Debug)]
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn take() -> Option<Pipe> {
+        if let Some(pipe) = PIPES.with_borrow_mut(Vec::pop) {
+            return Some(pipe);
+        }
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).ok()?;
+        Some(Pipe { read, write })
+    }
+
+    /// Returns an empty pipe to the pool (or closes it if the pool is full).
+    fn give_back(self) {
+        PIPES.with_borrow_mut(|pool| {
+            if pool.len() < PIPE_POOL {
+                pool.push(self);
+            }
+        });
+    }
+}
+
+fn splice_io(
+    from: impl std::os::fd::AsFd,
+    to: impl std::os::fd::AsFd,
+    len: usize,
+) -> io::Result<usize> {
+    let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+    splice(from, None, to, None, len, flags).map_err(io::Error::from)
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Byte counter of one direction.
+type Count<'a> = dyn Fn(usize) + Sync + 'a;
+
+/// Data read from the source but not yet accepted by the destination.
+#[derive(Debug, Default)]
+enum Pending {
+    #[default]
+    Empty,
+    Buf {
+        data: Vec<u8>,
+        offset: usize,
+    },
+    Pipe {
+        pipe: Pipe,
+        len: usize,
+    },
+}
+
+/// One direction of a connection.
+#[derive(Debug, Default)]
+struct Half {
+    /// Source hit end-of-file and the destination's write side is shut.
+    done: bool,
+    pending: Pending,
+}
+
+impl Half {
+    /// Waits until this direction can make progress, then makes it.
+    /// Cancel-safe: nothing happens before the readiness await completes.
+    async fn step(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        count: &Count<'_>,
+        path: DataPath,
+    ) -> io::Result<()> {
+        if matches!(self.pending, Pending::Empty) {
+            src.readable().await?;
+            self.forward(src, dst, count, path)
+        } else {
+            dst.writable().await?;
+            self.flush(dst, count)
+        }
+    }
+
+    fn forward(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        count: &Count<'_>,
+        path: DataPath,
+    ) -> io::Result<()> {
+        if path == DataPath::Splice
+            && let Some(pipe) = Pipe::take()
+        {
+            return self.forward_splice(pipe, src, dst, count);
+        }
+        self.forward_copy(src, dst, count)
+    }
+
+    fn finish(&mut self, dst: &TcpStream) -> io::Result<()> {
+        self.done = true;
+        // Half-close: pass the end-of-file on, keep the other direction open.
+        match SockRef::from(dst).shutdown(Shutdown::Write) {
+            Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn forward_copy(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        count: &Count<'_>,
+    ) -> io::Result<()> {
+        COPY_BUF.with_borrow_mut(|buf| {
+            for _ in 0..MAX_ROUNDS {
+                let read = match src.try_read(buf) {
+                    Ok(0) => return self.finish(dst),
+                    Ok(n) => n,
+                    Err(e) if would_block(&e) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                let chunk = buf.get(..read).unwrap_or_default();
+                let written = write_some(dst, chunk)?;
+                count(written);
+                if written < chunk.len() {
+                    let data = chunk.get(written..).unwrap_or_default().to_vec();
+                    self.pending = Pending::Buf { data, offset: 0 };
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn forward_splice(
+        &mut self,
+        pipe: Pipe,
+        src: &TcpStream,
+        dst: &TcpStream,
+        count: &Count<'_>,
+    ) -> io::Result<()> {
+        for _ in 0..MAX_ROUNDS {
+            let read = match src.try_io(Interest::READABLE, || splice_io(src, &pipe.write, CHUNK)) {
+                Ok(0) => {
+                    pipe.give_back();
+                    return self.finish(dst);
+                }
+                Ok(n) => n,
+                Err(e) if would_block(&e) => break,
+                Err(e) => {
+                    pipe.give_back(); // still empty
+                    return Err(e);
+                }
+            };
+            let left = splice_out(&pipe, dst, read, count)?;
+            if left > 0 {
+                self.pending = Pending::Pipe { pipe, len: left };
+                return Ok(());
+            }
+        }
+        pipe.give_back();
+        Ok(())
+    }
+
+    fn flush(&mut self, dst: &TcpStream, count: &Count<'_>) -> io::Result<()> {
+        match std::mem::take(&mut self.pending) {
+            Pending::Empty => {}
+            Pending::Buf { data, offset } => {
+                let rest = data.get(offset..).unwrap_or_default();
+                let written = write_some(dst, rest)?;
+                count(written);
+                if written < rest.len() {
+                    self.pending = Pending::Buf {
+                        data,
+                        offset: offset + written,
+                    };
+                }
+            }
+            Pending::Pipe { pipe, len } => {
+                let left = splice_out(&pipe, dst, len, count)?;
+                if left > 0 {
+                    self.pending = Pending::Pipe { pipe, len: left };
+                } else {
+                    pipe.give_back();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes as much of `data` as `dst` accepts now; returns the count.
+fn write_some(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while let Some(rest) = data.get(written..).filter(|r| !r.is_empty()) {
+        match dst.try_write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if would_block(&e) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+/// Moves up to `len` bytes from the pipe to `dst`; returns what is left in it.
+fn splice_out(pipe: &Pipe, dst: &TcpStream, len: usize, count: &Count<'_>) -> io::Result<usize> {
+    let mut left = len;
+    while left > 0 {
+        match dst.try_io(Interest::WRITABLE, || splice_io(&pipe.read, dst, left)) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                left = left.saturating_sub(n);
+                count(n);
+            }
+            Err(e) if would_block(&e) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(left)
+}
+
+/// Pumps bytes both ways until both directions are done, an error occurs,
+/// `close` fires, or the connection stays idle for `idle_timeout`.
+pub(crate) async fn pump(
+    client: &TcpStream,
+    backend: &TcpStream,
+    counters: &BackendCounters,
+    close: &CancellationToken,
+    idle_timeout: Option<Duration>,
+    path: DataPath,
+) -> End {
+    let mut up = Half::default();
+    let mut down = Half::default();
+    let to_backend = |n| counters.add_to_backend(n);
+    let from_backend = |n| counters.add_from_backend(n);
+    // Bounded by the connection's life: each pass makes progress or waits.
+    while !(up.done && down.done) {
+        let step = async {
+            tokio::select! {
+                r = up.step(client, backend, &to_backend, path), if !up.done => r,
+                r = down.step(backend, client, &from_backend, path), if !down.done => r,
+            }
+        };
+        let result = tokio::select! {
+            biased;
+            () = close.cancelled() => return End::Closed,
+            r = async {
+                match idle_timeout {
+                    Some(limit) => tokio::time::timeout(limit, step).await.ok(),
+                    None => Some(step.await),
+                }
+            } => r,
+        };
+        match result {
+            None => return End::IdleTimeout,
+            Some(Err(e)) => return End::Error(e),
+            Some(Ok(())) => {}
+        }
+    }
+    End::Done
+}

@@ -1,0 +1,24 @@
+//! Errors of the proxy crate.
+
+use std::io;
+use std::net::SocketAddr;
+
+/// Errors returned by [`crate::Proxy`].
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The listening socket could not be created, bound or put in listen mode.
+    #[error("failed to listen on {addr}")]
+    Bind {
+        /// The address we tried to listen on.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration has no bootstrap backend.
+    #[error("no initial backend configured")]
+    NoInitialBackend,
+    /// `bind` was called outside a tokio runtime.
+    #[error("proxy must be bound inside a tokio runtime")]
+    NoRuntime,
+}

@@ -1,0 +1,204 @@
+//! The layer-4 load balancer that k0s runs on port 6444: accepts the
+//! connections an iptables REDIRECT sends from VIP:6443 and forwards them
+//! round-robin to the healthy apiservers.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cplb_proxy::ProxyError> {
+//! use cplb_proxy::{Proxy, ProxyConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let proxy = Proxy::bind(ProxyConfig::with_local_apiserver(6443)).await?;
+//! let backends = proxy.backends_handle();
+//! let shutdown = CancellationToken::new();
+//! let task = tokio::spawn(proxy.run(shutdown.clone()));
+//! backends.set(vec!["192.0.2.10:6443".parse().unwrap()]);
+//! shutdown.cancel(); // stop accepting, drain, then close
+//! # let _ = task.await;
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs)]
+
+pub mod backends;
+mod conn;
+mod copy;
+mod error;
+mod listener;
+mod shared;
+pub mod stats;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ProxyError;
+pub use stats::{BackendStats, ConnectErrorReason};
+
+use crate::backends::BackendSet;
+use crate::shared::Shared;
+
+/// Port k0s's proxy listens on.
+pub const DEFAULT_PORT: u16 = 6444;
+
+/// How bytes are moved between the two sockets of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPath {
+    /// `splice(2)` through a pipe taken from a per-thread pool only while
+    /// data is in flight: no copy through user space, no memory per idle
+    /// connection. Falls back to `Copy` for a chunk if no pipe is available.
+    #[default]
+    Splice,
+    /// `read`/`write` through one per-thread buffer, allocating per-connection
+    /// memory only while a write is blocked.
+    Copy,
+}
+
+/// Validated proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Address to listen on; `[::]` gives a dual-stack wildcard socket.
+    pub listen: SocketAddr,
+    /// Backends used until the first update (the local apiserver).
+    pub initial_backends: Vec<SocketAddr>,
+    /// Bound on each connect attempt to a backend.
+    pub connect_timeout: Duration,
+    /// How long a backend that failed to connect is skipped by new
+    /// connections (`ZERO` disables passive health).
+    pub passive_health_window: Duration,
+    /// Time after which connections to a backend that left the set are
+    /// closed; `None` keeps them open forever (k0s behaviour).
+    pub removed_backend_grace: Option<Duration>,
+    /// Close a connection after this long without bytes in either direction.
+    pub idle_timeout: Option<Duration>,
+    /// TCP keepalive idle time on both legs.
+    pub keepalive: Duration,
+    /// How long `run` lets connections drain after shutdown is requested.
+    pub drain_timeout: Duration,
+    /// Maximum concurrent client connections; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// Copy implementation.
+    pub data_path: DataPath,
+}
+
+impl ProxyConfig {
+    /// Defaults with the given bootstrap backends, listening on `[::]:6444`.
+    pub fn new(initial_backends: Vec<SocketAddr>) -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), DEFAULT_PORT),
+            initial_backends,
+            connect_timeout: Duration::from_secs(3),
+            passive_health_window: Duration::from_secs(5),
+            removed_backend_grace: Some(Duration::from_secs(10)),
+            idle_timeout: None,
+            keepalive: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
+            max_connections: 16_384,
+            backlog: 4096,
+            data_path: DataPath::default(),
+        }
+    }
+
+    /// Defaults with the local apiserver as the only bootstrap backend:
+    /// `127.0.0.1:<api_port>`, or `[::1]:<api_port>` on IPv6-only hosts.
+    pub fn with_local_apiserver(api_port: u16) -> Self {
+        Self::new(vec![local_apiserver(api_port)])
+    }
+}
+
+/// The local apiserver address: IPv4 loopback when the host has it, else `[::1]`.
+pub fn local_apiserver(api_port: u16) -> SocketAddr {
+    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    let ip = if std::net::UdpSocket::bind(v4).is_ok() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    };
+    SocketAddr::new(ip, api_port)
+}
+
+/// A bound proxy; call [`Proxy::run`] to serve.
+#[derive(Debug)]
+pub struct Proxy {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Binds the listening socket. Must be called inside a tokio runtime.
+    pub async fn bind(config: ProxyConfig) -> Result<Self, ProxyError> {
+        let initial = BackendSet::new(config.initial_backends.iter().copied())
+            .ok_or(ProxyError::NoInitialBackend)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ProxyError::NoRuntime)?;
+        let (listener, local_addr) = listener::bind(config.listen, config.backlog)?;
+        tracing::info!(
+            component = "proxy",
+            listen = %local_addr,
+            backends = ?initial.addrs(),
+            data_path = ?config.data_path,
+            "listening"
+        );
+        let shared = Arc::new(Shared::new(config, initial, runtime));
+        Ok(Self {
+            listener,
+            local_addr,
+            shared,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle to replace the backend set; it stays valid after `run` ends.
+    pub fn backends_handle(&self) -> BackendsHandle {
+        BackendsHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Counters of every backend seen so far, sorted by address.
+    pub fn stats(&self) -> Vec<BackendStats> {
+        self.shared.stats()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets
+    /// connections drain for up to `drain_timeout`, closes the rest and
+    /// returns once every connection task has ended.
+    pub async fn run(self, shutdown: CancellationToken) {
+        listener::serve(self.listener, Arc::clone(&self.shared), shutdown).await;
+    }
+}
+
+/// Cheap, cloneable handle used by the reconciler to swap backends and by
+/// the agent to read counters.
+#[derive(Debug, Clone)]
+pub struct BackendsHandle {
+    shared: Arc<Shared>,
+}
+
+impl BackendsHandle {
+    /// Atomically replaces the backend set. New connections use it at once;
+    /// connections in flight are untouched, except that those to removed
+    /// backends are closed after the grace period. An empty list is ignored
+    /// (the previous set stays) and `false` is returned.
+    pub fn set(&self, addrs: Vec<SocketAddr>) -> bool {
+        self.shared.set_backends(addrs)
+    }
+
+    /// The current backend set, sorted.
+    pub fn current(&self) -> Vec<SocketAddr> {
+        self.shared.current().addrs().to_vec()
+    }
+
+    /// Counters of every backend seen so far, sorted by address.
+    pub fn stats(&self) -> Vec<BackendStats> {
+        self.shared.stats()
+    }
+}

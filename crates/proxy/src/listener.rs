@@ -1,0 +1,126 @@
+//! Listening socket and accept loop (shaped like mini-redis `server.rs`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::ProxyError;
+use crate::conn;
+use crate::shared::Shared;
+
+/// Binds `addr`. An IPv6 wildcard is made dual-stack (like Go's `:6444`,
+/// which `netstat` shows as `:::6444`); on a host without IPv6 it falls back
+/// to the IPv4 wildcard.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    backlog: u32,
+) -> Result<(TcpListener, SocketAddr), ProxyError> {
+    match bind_exact(addr, backlog) {
+        Err(ProxyError::Bind { source, .. })
+            if addr.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                && source.raw_os_error() == Some(libc_eafnosupport()) =>
+        {
+            warn!(
+                component = "proxy",
+                "ipv6 unavailable, listening on ipv4 only"
+            );
+            bind_exact(
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port()),
+                backlog,
+            )
+        }
+        other => other,
+    }
+}
+
+fn libc_eafnosupport() -> i32 {
+    nix::errno::Errno::EAFNOSUPPORT as i32
+}
+
+fn bind_exact(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr), ProxyError> {
+    let err = |source| ProxyError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).map_err(err)?;
+    }
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket
+        .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+        .map_err(err)?;
+    let listener = TcpListener::from_std(socket.into()).map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&limit).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break, // semaphore closed: cannot happen, we never close it
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let shared = Arc::clone(&shared);
+                tracker.spawn(async move {
+                    conn::handle(shared, stream, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the
+                // pending connection stays in the backlog.
+                error!(component = "proxy", error = %e, retry_in = ?backoff, "failed to accept connection");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    let drain = shared.config.drain_timeout;
+    info!(
+        component = "proxy",
+        open = tracker.len(),
+        ?drain,
+        "stopped accepting, draining connections"
+    );
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        info!(
+            component = "proxy",
+            open = tracker.len(),
+            "drain deadline reached, closing remaining connections"
+        );
+        shared.force_close.cancel();
+        tracker.wait().await;
+    }
+    shared.force_close.cancel();
+    info!(component = "proxy", "stopped");
+}

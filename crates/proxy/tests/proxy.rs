@@ -1,0 +1,518 @@
+//! End-to-end tests of the proxy over real TCP on loopback.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cplb_proxy::{BackendsHandle, DataPath, Proxy, ProxyConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for any single wait in these tests.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Test backend: sends `B<id>\n`, echoes everything it receives, and after
+/// the client's end-of-file sends the FNV-1a hash of all received bytes
+/// (8 bytes, little endian) and closes.
+struct EchoBackend {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl EchoBackend {
+    async fn start(id: u8) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let _ = echo_session(stream, id).await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo_session(mut stream: TcpStream, id: u8) -> std::io::Result<()> {
+    stream.write_all(&[b'B', b'0' + id, b'\n']).await?;
+    let mut hash = FNV_START;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hash = fnv1a(hash, &buf[..n]);
+        stream.write_all(&buf[..n]).await?;
+    }
+    stream.write_all(&hash.to_le_bytes()).await?;
+    stream.shutdown().await
+}
+
+struct Running {
+    addr: SocketAddr,
+    handle: BackendsHandle,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.task.abort();
+    }
+}
+
+fn config(backends: Vec<SocketAddr>) -> ProxyConfig {
+    let mut config = ProxyConfig::new(backends);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    // Long windows so that a slow machine cannot expire them mid-test.
+    config.passive_health_window = Duration::from_secs(300);
+    config.drain_timeout = Duration::from_secs(300);
+    config
+}
+
+async fn start(config: ProxyConfig) -> Running {
+    let proxy = Proxy::bind(config).await.unwrap();
+    let addr = proxy.local_addr();
+    let handle = proxy.backends_handle();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(proxy.run(shutdown.clone()));
+    Running {
+        addr,
+        handle,
+        shutdown,
+        task,
+    }
+}
+
+async fn read_greeting(stream: &mut TcpStream) -> u8 {
+    let mut greeting = [0u8; 3];
+    timeout(DEADLINE, stream.read_exact(&mut greeting))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(greeting[0], b'B');
+    greeting[1] - b'0'
+}
+
+/// Sends `data` (writing and reading concurrently), half-closes, and checks
+/// the echo and the backend's hash of what it received.
+async fn exchange(stream: TcpStream, data: Vec<u8>) -> u8 {
+    let (mut rd, mut wr) = stream.into_split();
+    let expected_hash = fnv1a(FNV_START, &data);
+    let len = data.len();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&data).await.unwrap();
+        wr.shutdown().await.unwrap();
+        (data, wr)
+    });
+    let mut received = Vec::with_capacity(len + 11);
+    timeout(DEADLINE, rd.read_to_end(&mut received))
+        .await
+        .expect("echo timed out")
+        .unwrap();
+    let (data, _wr) = writer.await.unwrap();
+    assert_eq!(received.len(), 3 + len + 8, "greeting + echo + hash");
+    assert_eq!(&received[3..3 + len], &data[..], "echoed bytes differ");
+    let hash = u64::from_le_bytes(received[3 + len..].try_into().unwrap());
+    assert_eq!(hash, expected_hash, "backend received different bytes");
+    received[1] - b'0'
+}
+
+/// Deterministic pseudo-random payload (xorshift).
+fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "condition not met in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads until end-of-file or reset; returns the bytes read.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match timeout(DEADLINE, stream.read(&mut buf))
+            .await
+            .expect("not closed in time")
+        {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn round_robin_across_three_backends() {
+    init_tracing();
+    let backends = [
+        EchoBackend::start(0).await,
+        EchoBackend::start(1).await,
+        EchoBackend::start(2).await,
+    ];
+    let proxy = start(config(backends.iter().map(|b| b.addr).collect())).await;
+    let mut counts: HashMap<u8, usize> = HashMap::new();
+    for _ in 0..300 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        *counts.entry(read_greeting(&mut stream).await).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|&c| c.abs_diff(100) <= 1), "{counts:?}");
+    let total: u64 = proxy
+        .handle
+        .stats()
+        .iter()
+        .map(|s| s.connections_total)
+        .sum();
+    assert_eq!(total, 300);
+}
+
+#[tokio::test]
+async fn dead_backend_is_skipped_and_client_served() {
+    init_tracing();
+    let live = [EchoBackend::start(0).await, EchoBackend::start(1).await];
+    // A port with nothing listening: bind, learn the port, close.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = start(config(vec![live[0].addr, live[1].addr, dead])).await;
+    for i in 0..30u64 {
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let id = exchange(stream, payload(i, 100)).await;
+        assert!(id <= 1);
+    }
+    let stats = proxy.handle.stats();
+    let dead_stats = stats.iter().find(|s| s.addr == dead).unwrap();
+    // Refused once, then skipped for the rest of the (long) window.
+    assert_eq!(dead_stats.connect_errors_refused, 1, "{dead_stats:?}");
+    assert_eq!(dead_stats.connections_total, 0);
+    let served: u64 = stats.iter().map(|s| s.connections_total).sum();
+    assert_eq!(served, 30);
+}
+
+#[tokio::test]
+async fn all_backends_dead_closes_client() {
+    init_tracing();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = start(config(vec![dead])).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(read_until_closed(&mut stream).await.is_empty());
+}
+
+#[tokio::test]
+async fn client_half_close_still_gets_whole_response() {
+    init_tracing();
+    let backend = EchoBackend::start(4).await;
+    for path in [DataPath::Splice, DataPath::Copy] {
+        let mut cfg = config(vec![backend.addr]);
+        cfg.data_path = path;
+        let proxy = start(cfg).await;
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        // 4 MiB: far more than socket buffers, so the echo must keep flowing
+        // after the client has shut its write side.
+        assert_eq!(exchange(stream, payload(7, 4 << 20)).await, 4);
+        let handle = proxy.handle.clone();
+        wait_for(|| {
+            handle
+                .stats()
+                .first()
+                .is_some_and(|s| s.connections_active == 0)
+        })
+        .await;
+        let stats = proxy.handle.stats();
+        assert_eq!(stats[0].bytes_to_backend, 4 << 20);
+        assert_eq!(stats[0].bytes_from_backend, (4 << 20) + 11);
+    }
+}
+
+#[tokio::test]
+async fn backend_half_close_still_receives_client_data() {
+    init_tracing();
+    // Backend that answers first, shuts its write side, then reads.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (tx, mut rx) = mpsc::channel(1);
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"response").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        tx.send(got).await.unwrap();
+    });
+    let proxy = start(config(vec![backend])).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(read_until_closed(&mut stream).await, b"response");
+    stream.write_all(b"late request body").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let got = timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, b"late request body");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn removed_backend_connections_close_after_grace_and_not_before() {
+    init_tracing();
+    let old = EchoBackend::start(1).await;
+    let new = EchoBackend::start(2).await;
+    let grace = Duration::from_millis(300);
+    let mut cfg = config(vec![old.addr]);
+    cfg.removed_backend_grace = Some(grace);
+    let proxy = start(cfg).await;
+
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(read_greeting(&mut stream).await, 1);
+    let removed_at = Instant::now();
+    assert!(proxy.handle.set(vec![new.addr]));
+
+    // Right after the removal the connection still works.
+    stream.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    timeout(DEADLINE, stream.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+
+    // New connections go to the new backend.
+    let mut fresh = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(read_greeting(&mut fresh).await, 2);
+
+    // Then the proxy closes it, no earlier than the grace period.
+    assert!(read_until_closed(&mut stream).await.is_empty());
+    assert!(
+        removed_at.elapsed() >= grace,
+        "closed before the grace period"
+    );
+
+    // The connection to the new backend is untouched.
+    fresh.write_all(b"pong").await.unwrap();
+    timeout(DEADLINE, fresh.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"pong");
+    let handle = proxy.handle.clone();
+    let old_addr = old.addr;
+    wait_for(|| {
+        handle
+            .stats()
+            .iter()
+            .any(|s| s.addr == old_addr && s.connections_active == 0 && !s.in_set)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn readded_backend_keeps_its_connections() {
+    init_tracing();
+    let a = EchoBackend::start(1).await;
+    let b = EchoBackend::start(2).await;
+    let mut cfg = config(vec![a.addr]);
+    cfg.removed_backend_grace = Some(Duration::from_millis(100));
+    let proxy = start(cfg).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(read_greeting(&mut stream).await, 1);
+    proxy.handle.set(vec![b.addr]);
+    proxy.handle.set(vec![a.addr, b.addr]);
+    // Outlive the grace period: the removal timer must find `a` back in the set.
+    let start = Instant::now();
+    let handle = proxy.handle.clone();
+    wait_for(|| start.elapsed() > Duration::from_millis(400) && handle.current().len() == 2).await;
+    stream.write_all(b"still").await.unwrap();
+    let mut echo = [0u8; 5];
+    timeout(DEADLINE, stream.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"still");
+}
+
+#[tokio::test]
+async fn empty_update_keeps_previous_set() {
+    init_tracing();
+    let backend = EchoBackend::start(3).await;
+    let proxy = start(config(vec![backend.addr])).await;
+    assert!(!proxy.handle.set(Vec::new()));
+    assert_eq!(proxy.handle.current(), vec![backend.addr]);
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(exchange(stream, b"hello".to_vec()).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_connections_keep_data_intact() {
+    init_tracing();
+    let backends = [
+        EchoBackend::start(0).await,
+        EchoBackend::start(1).await,
+        EchoBackend::start(2).await,
+    ];
+    let proxy = start(config(backends.iter().map(|b| b.addr).collect())).await;
+    let addr = proxy.addr;
+    let clients: Vec<_> = (0..1000u64)
+        .map(|i| {
+            tokio::spawn(async move {
+                let stream = timeout(DEADLINE, TcpStream::connect(addr))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                // Sizes from 1 byte to ~200 KiB, all different.
+                exchange(stream, payload(i, 1 + (i as usize * 211) % (200 * 1024))).await
+            })
+        })
+        .collect();
+    let mut per_backend = [0usize; 3];
+    for c in clients {
+        let id = c.await.unwrap();
+        per_backend[usize::from(id)] += 1;
+    }
+    assert_eq!(per_backend.iter().sum::<usize>(), 1000);
+    assert!(
+        per_backend.iter().all(|&n| n.abs_diff(333) <= 1),
+        "{per_backend:?}"
+    );
+    let handle = proxy.handle.clone();
+    wait_for(|| handle.stats().iter().all(|s| s.connections_active == 0)).await;
+    let stats = proxy.handle.stats();
+    let sent: u64 = (0..1000u64).map(|i| 1 + (i * 211) % (200 * 1024)).sum();
+    assert_eq!(stats.iter().map(|s| s.bytes_to_backend).sum::<u64>(), sent);
+    // Echo + 3-byte greeting + 8-byte hash per connection.
+    assert_eq!(
+        stats.iter().map(|s| s.bytes_from_backend).sum::<u64>(),
+        sent + 11 * 1000
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_drains() {
+    init_tracing();
+    let backend = EchoBackend::start(5).await;
+    let mut proxy = start(config(vec![backend.addr])).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(read_greeting(&mut stream).await, 5);
+
+    proxy.shutdown.cancel();
+    // The listener is closed: new connections are refused.
+    let addr = proxy.addr;
+    let mut refused = false;
+    let start = Instant::now();
+    while !refused && start.elapsed() < DEADLINE {
+        refused = TcpStream::connect(addr).await.is_err();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refused, "still accepting after shutdown");
+
+    // The existing connection keeps working while draining.
+    stream.write_all(b"drain").await.unwrap();
+    let mut echo = [0u8; 5];
+    timeout(DEADLINE, stream.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"drain");
+    assert!(!proxy.task.is_finished());
+
+    // Once the client finishes, run() returns well before the drain deadline.
+    stream.shutdown().await.unwrap();
+    read_until_closed(&mut stream).await;
+    timeout(DEADLINE, &mut proxy.task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_at_drain_deadline() {
+    init_tracing();
+    let backend = EchoBackend::start(6).await;
+    let mut cfg = config(vec![backend.addr]);
+    cfg.drain_timeout = Duration::from_millis(200);
+    let mut proxy = start(cfg).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(read_greeting(&mut stream).await, 6);
+    let stopped_at = Instant::now();
+    proxy.shutdown.cancel();
+    assert!(read_until_closed(&mut stream).await.is_empty());
+    assert!(
+        stopped_at.elapsed() >= Duration::from_millis(200),
+        "closed before the drain deadline"
+    );
+    timeout(DEADLINE, &mut proxy.task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_quiet_connections() {
+    init_tracing();
+    let backend = EchoBackend::start(7).await;
+    let mut cfg = config(vec![backend.addr]);
+    let idle = Duration::from_millis(200);
+    cfg.idle_timeout = Some(idle);
+    let proxy = start(cfg).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let opened = Instant::now();
+    assert_eq!(read_greeting(&mut stream).await, 7);
+    assert!(read_until_closed(&mut stream).await.is_empty());
+    assert!(opened.elapsed() >= idle);
+    drop(proxy);
+}
+
+#[tokio::test]
+async fn wildcard_listener_is_dual_stack() {
+    init_tracing();
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback");
+        return;
+    }
+    let backend = EchoBackend::start(8).await;
+    let mut cfg = config(vec![backend.addr]);
+    cfg.listen = "[::]:0".parse().unwrap();
+    let proxy = start(cfg).await;
+    let port = proxy.addr.port();
+    for client in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+        let mut stream = TcpStream::connect(&client).await.unwrap();
+        assert_eq!(read_greeting(&mut stream).await, 8, "via {client}");
+    }
+}
