@@ -6,27 +6,38 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tracing::{debug, warn};
 
 use crate::copy::{self, End};
 use crate::shared::Shared;
 use crate::stats::ConnectErrorReason;
 
-fn tune(stream: &TcpStream, keepalive: Duration) {
-    // Best effort: a failure here only loses an optimisation.
-    let _ = stream.set_nodelay(true);
-    let params = TcpKeepalive::new()
-        .with_time(keepalive)
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
-    let _ = SockRef::from(stream).set_tcp_keepalive(&params);
+/// TCP keepalive on a socket: first probe after `idle`, then every `idle`
+/// (as Go's `net.Dialer.KeepAlive` does for k0s). The client leg inherits
+/// it, with TCP_NODELAY, from the listening socket (Linux copies these
+/// options to accepted sockets), saving syscalls per connection.
+pub(crate) fn keepalive_params(idle: Duration) -> TcpKeepalive {
+    TcpKeepalive::new().with_time(idle).with_interval(idle)
+}
+
+async fn connect_one(addr: SocketAddr, keepalive: Duration) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_nodelay(true)?;
+    SockRef::from(&socket).set_tcp_keepalive(&keepalive_params(keepalive))?;
+    socket.connect(addr).await
 }
 
 async fn connect(shared: &Shared, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
     let timeout = shared.config.connect_timeout;
     for addr in shared.candidates() {
-        let reason = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        let reason = match tokio::time::timeout(timeout, connect_one(addr, shared.config.keepalive))
+            .await
+        {
             Ok(Ok(stream)) => {
                 shared.connect_succeeded(addr);
                 return Some((stream, addr));
@@ -49,8 +60,6 @@ pub(crate) async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketA
         warn!(component = "proxy", %peer, "no backend reachable, closing client connection");
         return;
     };
-    tune(&client, shared.config.keepalive);
-    tune(&backend, shared.config.keepalive);
     let removal = shared.removal_token(addr);
     let guard = shared.counters(addr).open();
     let end = copy::pump(

@@ -9,7 +9,7 @@
 //! held only while the destination is not accepting data.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -119,12 +119,13 @@ impl Half {
         &mut self,
         src: &TcpStream,
         dst: &TcpStream,
+        other_done: bool,
         count: &Count<'_>,
         path: DataPath,
     ) -> io::Result<()> {
         if matches!(self.pending, Pending::Empty) {
             src.readable().await?;
-            self.forward(src, dst, count, path)
+            self.forward(src, dst, other_done, count, path)
         } else {
             dst.writable().await?;
             self.flush(dst, count)
@@ -135,19 +136,23 @@ impl Half {
         &mut self,
         src: &TcpStream,
         dst: &TcpStream,
+        other_done: bool,
         count: &Count<'_>,
         path: DataPath,
     ) -> io::Result<()> {
         if path == DataPath::Splice
             && let Some(pipe) = Pipe::take()
         {
-            return self.forward_splice(pipe, src, dst, count);
+            return self.forward_splice(pipe, src, dst, other_done, count);
         }
-        self.forward_copy(src, dst, count)
+        self.forward_copy(src, dst, other_done, count)
     }
 
-    fn finish(&mut self, dst: &TcpStream) -> io::Result<()> {
+    fn finish(&mut self, dst: &TcpStream, other_done: bool) -> io::Result<()> {
         self.done = true;
+        if other_done {
+            return Ok(()); // both sockets are closed right away
+        }
         // Half-close: pass the end-of-file on, keep the other direction open.
         match SockRef::from(dst).shutdown(Shutdown::Write) {
             Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
@@ -159,22 +164,27 @@ impl Half {
         &mut self,
         src: &TcpStream,
         dst: &TcpStream,
+        other_done: bool,
         count: &Count<'_>,
     ) -> io::Result<()> {
         COPY_BUF.with_borrow_mut(|buf| {
             for _ in 0..MAX_ROUNDS {
-                let read = match src.try_read(buf) {
-                    Ok(0) => return self.finish(dst),
-                    Ok(n) => n,
-                    Err(e) if would_block(&e) => return Ok(()),
-                    Err(e) => return Err(e),
-                };
+                let full = buf.len();
+                let (read, drained) =
+                    match read_chunk(src, full, || (&*SockRef::from(src)).read(buf))? {
+                        Chunk::Eof => return self.finish(dst, other_done),
+                        Chunk::Empty => return Ok(()),
+                        Chunk::Data { len, drained } => (len, drained),
+                    };
                 let chunk = buf.get(..read).unwrap_or_default();
                 let written = write_some(dst, chunk)?;
                 count(written);
                 if written < chunk.len() {
                     let data = chunk.get(written..).unwrap_or_default().to_vec();
                     self.pending = Pending::Buf { data, offset: 0 };
+                    return Ok(());
+                }
+                if drained {
                     return Ok(());
                 }
             }
@@ -187,25 +197,30 @@ impl Half {
         pipe: Pipe,
         src: &TcpStream,
         dst: &TcpStream,
+        other_done: bool,
         count: &Count<'_>,
     ) -> io::Result<()> {
         for _ in 0..MAX_ROUNDS {
-            let read = match src.try_io(Interest::READABLE, || splice_io(src, &pipe.write, CHUNK)) {
-                Ok(0) => {
-                    pipe.give_back();
-                    return self.finish(dst);
-                }
-                Ok(n) => n,
-                Err(e) if would_block(&e) => break,
-                Err(e) => {
-                    pipe.give_back(); // still empty
-                    return Err(e);
-                }
-            };
+            let (read, drained) =
+                match read_chunk(src, CHUNK, || splice_io(src, &pipe.write, CHUNK)) {
+                    Ok(Chunk::Eof) => {
+                        pipe.give_back();
+                        return self.finish(dst, other_done);
+                    }
+                    Ok(Chunk::Empty) => break,
+                    Ok(Chunk::Data { len, drained }) => (len, drained),
+                    Err(e) => {
+                        pipe.give_back(); // still empty
+                        return Err(e);
+                    }
+                };
             let left = splice_out(&pipe, dst, read, count)?;
             if left > 0 {
                 self.pending = Pending::Pipe { pipe, len: left };
                 return Ok(());
+            }
+            if drained {
+                break;
             }
         }
         pipe.give_back();
@@ -236,6 +251,49 @@ impl Half {
             }
         }
         Ok(())
+    }
+}
+
+/// Result of one read from a source socket.
+enum Chunk {
+    /// Nothing to read now (readiness cleared).
+    Empty,
+    /// End-of-file.
+    Eof,
+    /// `len` bytes; `drained` when the read was short, which on epoll shows
+    /// the socket buffer is empty (readiness is then cleared, as tokio's own
+    /// `poll_read` does), saving the read that would return EAGAIN.
+    Data { len: usize, drained: bool },
+}
+
+fn read_chunk(
+    src: &TcpStream,
+    full: usize,
+    read: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<Chunk> {
+    let mut short = 0;
+    let result = src.try_io(Interest::READABLE, || {
+        let n = read()?;
+        if 0 < n && n < full {
+            short = n;
+            // Makes try_io clear readiness for this event tick only; a later
+            // arrival re-arms it, and end-of-file readiness is never cleared.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match result {
+        Ok(0) => Ok(Chunk::Eof),
+        Ok(len) => Ok(Chunk::Data {
+            len,
+            drained: false,
+        }),
+        Err(e) if would_block(&e) && short > 0 => Ok(Chunk::Data {
+            len: short,
+            drained: true,
+        }),
+        Err(e) if would_block(&e) => Ok(Chunk::Empty),
+        Err(e) => Err(e),
     }
 }
 
@@ -286,10 +344,11 @@ pub(crate) async fn pump(
     let from_backend = |n| counters.add_from_backend(n);
     // Bounded by the connection's life: each pass makes progress or waits.
     while !(up.done && down.done) {
+        let (up_done, down_done) = (up.done, down.done);
         let step = async {
             tokio::select! {
-                r = up.step(client, backend, &to_backend, path), if !up.done => r,
-                r = down.step(backend, client, &from_backend, path), if !down.done => r,
+                r = up.step(client, backend, down_done, &to_backend, path), if !up_done => r,
+                r = down.step(backend, client, up_done, &from_backend, path), if !down_done => r,
             }
         };
         let result = tokio::select! {

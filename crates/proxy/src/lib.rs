@@ -135,7 +135,8 @@ impl Proxy {
         let initial = BackendSet::new(config.initial_backends.iter().copied())
             .ok_or(ProxyError::NoInitialBackend)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ProxyError::NoRuntime)?;
-        let (listener, local_addr) = listener::bind(config.listen, config.backlog)?;
+        let (listener, local_addr) =
+            listener::bind(config.listen, config.backlog, config.keepalive)?;
         tracing::info!(
             component = "proxy",
             listen = %local_addr,

@@ -21,8 +21,9 @@ use crate::shared::Shared;
 pub(crate) fn bind(
     addr: SocketAddr,
     backlog: u32,
+    keepalive: Duration,
 ) -> Result<(TcpListener, SocketAddr), ProxyError> {
-    match bind_exact(addr, backlog) {
+    match bind_exact(addr, backlog, keepalive) {
         Err(ProxyError::Bind { source, .. })
             if addr.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
                 && source.raw_os_error() == Some(libc_eafnosupport()) =>
@@ -34,6 +35,7 @@ pub(crate) fn bind(
             bind_exact(
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port()),
                 backlog,
+                keepalive,
             )
         }
         other => other,
@@ -44,7 +46,11 @@ fn libc_eafnosupport() -> i32 {
     nix::errno::Errno::EAFNOSUPPORT as i32
 }
 
-fn bind_exact(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr), ProxyError> {
+fn bind_exact(
+    addr: SocketAddr,
+    backlog: u32,
+    keepalive: Duration,
+) -> Result<(TcpListener, SocketAddr), ProxyError> {
     let err = |source| ProxyError::Bind { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
@@ -52,6 +58,11 @@ fn bind_exact(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr
         socket.set_only_v6(false).map_err(err)?;
     }
     socket.set_reuse_address(true).map_err(err)?;
+    // Inherited by every accepted socket.
+    socket.set_tcp_nodelay(true).map_err(err)?;
+    socket
+        .set_tcp_keepalive(&conn::keepalive_params(keepalive))
+        .map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
     socket
@@ -123,4 +134,24 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: 
     }
     shared.force_close.cancel();
     info!(component = "proxy", "stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The client leg relies on Linux copying these options from the
+    /// listening socket to accepted sockets.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_and_keepalive() {
+        let idle = Duration::from_secs(42);
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap(), 16, idle).unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(accepted.nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), idle);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), idle);
+    }
 }
