@@ -60,8 +60,9 @@ impl Auth {
     /// it: the first 8 bytes are used and a shorter password is zero padded.
     pub fn pass(password: &[u8]) -> Auth {
         let mut data = [0u8; 8];
-        let n = password.len().min(data.len());
-        data[..n].copy_from_slice(&password[..n]);
+        for (slot, byte) in data.iter_mut().zip(password) {
+            *slot = *byte;
+        }
         Auth::Pass(data)
     }
 
