@@ -14,10 +14,18 @@
 //! [RFC 3768]: https://www.rfc-editor.org/rfc/rfc3768
 //! [RFC 5798]: https://www.rfc-editor.org/rfc/rfc5798
 #![warn(missing_docs)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod fsm;
+#[cfg(feature = "io")]
+pub mod io;
 pub mod wire;
 
 #[cfg(feature = "sim")]
 pub mod sim;
+
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
