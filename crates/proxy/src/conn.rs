@@ -13,12 +13,12 @@ use crate::copy::{self, End};
 use crate::shared::Shared;
 use crate::stats::ConnectErrorReason;
 
-/// TCP keepalive on a socket: first probe after `idle`, then every `idle`
-/// (as Go's `net.Dialer.KeepAlive` does for k0s). The client leg inherits
-/// it, with TCP_NODELAY, from the listening socket (Linux copies these
-/// options to accepted sockets), saving syscalls per connection.
+/// TCP keepalive on a socket: first probe after `idle` (k0s uses 1 min);
+/// probe interval and count stay at the kernel defaults, saving a syscall
+/// per connection. The client leg inherits it, with TCP_NODELAY, from the
+/// listening socket (Linux copies these options to accepted sockets).
 pub(crate) fn keepalive_params(idle: Duration) -> TcpKeepalive {
-    TcpKeepalive::new().with_time(idle).with_interval(idle)
+    TcpKeepalive::new().with_time(idle)
 }
 
 async fn connect_one(addr: SocketAddr, keepalive: Duration) -> std::io::Result<TcpStream> {

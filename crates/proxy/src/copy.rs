@@ -109,6 +109,10 @@ enum Pending {
 struct Half {
     /// Source hit end-of-file and the destination's write side is shut.
     done: bool,
+    /// A read filled the whole buffer: this is a bulk stream, so splice it.
+    /// Small messages (requests, watch events) stay on read/write, which
+    /// costs fewer syscalls than two splices.
+    bulk: bool,
     pending: Pending,
 }
 
@@ -141,11 +145,12 @@ impl Half {
         path: DataPath,
     ) -> io::Result<()> {
         if path == DataPath::Splice
+            && self.bulk
             && let Some(pipe) = Pipe::take()
         {
             return self.forward_splice(pipe, src, dst, other_done, count);
         }
-        self.forward_copy(src, dst, other_done, count)
+        self.forward_copy(src, dst, other_done, path == DataPath::Splice, count)
     }
 
     fn finish(&mut self, dst: &TcpStream, other_done: bool) -> io::Result<()> {
@@ -165,6 +170,7 @@ impl Half {
         src: &TcpStream,
         dst: &TcpStream,
         other_done: bool,
+        splice_bulk: bool,
         count: &Count<'_>,
     ) -> io::Result<()> {
         COPY_BUF.with_borrow_mut(|buf| {
@@ -185,6 +191,12 @@ impl Half {
                     return Ok(());
                 }
                 if drained {
+                    return Ok(());
+                }
+                if splice_bulk {
+                    // A full buffer: splice from the next pass (readiness
+                    // is still set, so it comes at once).
+                    self.bulk = true;
                     return Ok(());
                 }
             }

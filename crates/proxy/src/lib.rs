@@ -46,9 +46,10 @@ pub const DEFAULT_PORT: u16 = 6444;
 /// How bytes are moved between the two sockets of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DataPath {
-    /// `splice(2)` through a pipe taken from a per-thread pool only while
-    /// data is in flight: no copy through user space, no memory per idle
-    /// connection. Falls back to `Copy` for a chunk if no pipe is available.
+    /// `Copy` for small messages; a direction whose read fills the whole
+    /// buffer switches to `splice(2)` through a pipe taken from a per-thread
+    /// pool only while data is in flight: no copy through user space, no
+    /// memory per idle connection. Falls back to `Copy` if no pipe is free.
     #[default]
     Splice,
     /// `read`/`write` through one per-thread buffer, allocating per-connection
