@@ -1,0 +1,557 @@
+//! Virtual addresses through rtnetlink: add, refresh, remove and watch.
+//!
+//! A VIP is added like keepalived adds it, with its configured prefix, so a
+//! second address of an existing subnet shows as `secondary`; IPv6 VIPs are
+//! added `nodad` (a VIP moves between routers, duplicate address detection
+//! would only delay it, RFC 5798 §8.2). On top of that a VIP can carry a
+//! finite lifetime (`valid_lft`/`preferred_lft`): the master refreshes it with
+//! every advert it sends, and if the process dies or hangs, the kernel itself
+//! removes the address when the lease runs out.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::sys::SocketAddr;
+use rtnetlink::{Handle, MulticastGroup};
+use tokio::task::JoinHandle;
+
+/// Why a netlink operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The netlink socket could not be opened.
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// No interface of that name.
+    #[error("interface {0:?} not found")]
+    NoSuchInterface(String),
+    /// No interface of that index.
+    #[error("interface index {0} not found")]
+    NoSuchIndex(u32),
+    /// The kernel refused a request.
+    #[error("netlink {operation} failed: {source}")]
+    Request {
+        /// What was asked (`add address 192.0.2.100/24`, ...).
+        operation: String,
+        /// The error from rtnetlink (carries the errno for kernel errors).
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A prefix length longer than the address.
+    #[error("prefix length {prefix_len} is too long for {addr}")]
+    PrefixTooLong {
+        /// The address.
+        addr: IpAddr,
+        /// The prefix length.
+        prefix_len: u8,
+    },
+}
+
+/// A virtual address with the prefix it is added with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Vip {
+    /// The address.
+    pub addr: IpAddr,
+    /// Its prefix length (keepalived's default is /32 and /128).
+    pub prefix_len: u8,
+}
+
+impl Vip {
+    /// A VIP with an explicit prefix; fails if the prefix is too long.
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Vip, NetlinkError> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix_len > max {
+            return Err(NetlinkError::PrefixTooLong { addr, prefix_len });
+        }
+        Ok(Vip { addr, prefix_len })
+    }
+
+    /// A host VIP: /32 or /128.
+    pub fn host(addr: IpAddr) -> Vip {
+        let prefix_len = if addr.is_ipv4() { 32 } else { 128 };
+        Vip { addr, prefix_len }
+    }
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// How long the kernel keeps an added VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VipLifetime {
+    /// Until removed: a crashed daemon leaves it behind.
+    Forever,
+    /// A lease: the kernel removes the address after `valid` unless it is
+    /// added again (replaced) before. Whole seconds, at least 1.
+    Lease {
+        /// Valid lifetime (`valid_lft`).
+        valid: Duration,
+        /// Preferred lifetime (`preferred_lft`), at most `valid`.
+        preferred: Duration,
+    },
+}
+
+impl VipLifetime {
+    /// A lease whose preferred and valid lifetime are both `valid`.
+    pub fn lease(valid: Duration) -> VipLifetime {
+        VipLifetime::Lease {
+            valid,
+            preferred: valid,
+        }
+    }
+
+    fn cache_info(self) -> Option<CacheInfo> {
+        let VipLifetime::Lease { valid, preferred } = self else {
+            return None;
+        };
+        // The kernel counts in whole seconds; 0 would mean "already expired"
+        // and u32::MAX "forever", so clamp between them.
+        let secs = |d: Duration| {
+            u32::try_from(d.as_secs())
+                .unwrap_or(u32::MAX - 1)
+                .clamp(1, u32::MAX - 1)
+        };
+        let valid = secs(valid);
+        let mut info = CacheInfo::default();
+        info.ifa_valid = valid;
+        info.ifa_preferred = secs(preferred).min(valid);
+        Some(info)
+    }
+}
+
+/// One interface, as the kernel knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// Its hardware address, if it has an Ethernet one.
+    pub mac: Option<[u8; 6]>,
+    /// Administratively up and with carrier (IFF_UP and IFF_RUNNING), the
+    /// condition keepalived uses for "interface up".
+    pub oper_up: bool,
+}
+
+/// An address on an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    /// The address.
+    pub addr: IpAddr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// Second or later address of its subnet (IPv4).
+    pub secondary: bool,
+    /// IPv6 duplicate address detection skipped.
+    pub nodad: bool,
+    /// Remaining valid lifetime, `None` for forever.
+    pub valid_lft: Option<Duration>,
+    /// Remaining preferred lifetime, `None` for forever.
+    pub preferred_lft: Option<Duration>,
+    message: AddressMessage,
+}
+
+impl InterfaceAddress {
+    fn from_message(message: AddressMessage) -> Option<InterfaceAddress> {
+        let mut local = None;
+        let mut address = None;
+        let mut flags = AddressFlags::from_bits_retain(u32::from(message.header.flags.bits()));
+        let mut cache = None;
+        for attr in &message.attributes {
+            match attr {
+                AddressAttribute::Local(ip) => local = Some(*ip),
+                AddressAttribute::Address(ip) => address = Some(*ip),
+                AddressAttribute::Flags(f) => flags = *f,
+                AddressAttribute::CacheInfo(c) => cache = Some(*c),
+                _ => {}
+            }
+        }
+        // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer
+        // on point-to-point links and equal to it otherwise (IPv6 sends only
+        // IFA_ADDRESS).
+        let addr = local.or(address)?;
+        let lifetime = |secs: u32| (secs != u32::MAX).then(|| Duration::from_secs(u64::from(secs)));
+        Some(InterfaceAddress {
+            addr,
+            prefix_len: message.header.prefix_len,
+            secondary: flags.contains(AddressFlags::Secondary),
+            nodad: flags.contains(AddressFlags::Nodad),
+            valid_lft: cache.and_then(|c| lifetime(c.ifa_valid)),
+            preferred_lft: cache.and_then(|c| lifetime(c.ifa_preferred)),
+            message,
+        })
+    }
+}
+
+/// Adds, refreshes and removes VIPs and IPv6 address labels.
+///
+/// Holds one rtnetlink connection, driven by a task on the current tokio
+/// runtime; the socket belongs to the network namespace of the thread that
+/// called [`VipManager::new`].
+#[derive(Debug)]
+pub struct VipManager {
+    handle: Handle,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for VipManager {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+fn request_error(operation: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let operation = operation.into();
+    move |source| NetlinkError::Request { operation, source }
+}
+
+/// The errno of a kernel error reply, if that is what `e` is.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io().raw_os_error(),
+        _ => None,
+    }
+}
+
+impl VipManager {
+    /// Opens the netlink connection. Must be called inside a tokio runtime.
+    pub fn new() -> Result<VipManager, NetlinkError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        let connection = tokio::spawn(connection);
+        Ok(VipManager { handle, connection })
+    }
+
+    /// Looks an interface up by name.
+    pub async fn interface(&self, name: &str) -> Result<Interface, NetlinkError> {
+        let mut links = self.handle.link().get().match_name(name).execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(interface_from_link(&link)),
+            Ok(None) => Err(NetlinkError::NoSuchInterface(name.to_owned())),
+            // ENODEV: the kernel's answer for an unknown name.
+            Err(e) if errno(&e) == Some(libc::ENODEV) => {
+                Err(NetlinkError::NoSuchInterface(name.to_owned()))
+            }
+            Err(e) => Err(request_error(format!("get link {name}"))(e)),
+        }
+    }
+
+    /// Looks an interface up by index.
+    pub async fn interface_by_index(&self, index: u32) -> Result<Interface, NetlinkError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(interface_from_link(&link)),
+            Ok(None) => Err(NetlinkError::NoSuchIndex(index)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Err(NetlinkError::NoSuchIndex(index)),
+            Err(e) => Err(request_error(format!("get link #{index}"))(e)),
+        }
+    }
+
+    /// The addresses on interface `ifindex`, both families.
+    pub async fn addresses(&self, ifindex: u32) -> Result<Vec<InterfaceAddress>, NetlinkError> {
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request_error(format!("list addresses of #{ifindex}")))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(InterfaceAddress::from_message)
+            .collect())
+    }
+
+    /// Adds `vip` to interface `ifindex`, or, if it is already there,
+    /// replaces it: that refreshes a lease to its full `lifetime`.
+    pub async fn add_vip(
+        &self,
+        ifindex: u32,
+        vip: Vip,
+        lifetime: VipLifetime,
+    ) -> Result<(), NetlinkError> {
+        let mut request = self
+            .handle
+            .address()
+            .add(ifindex, vip.addr, vip.prefix_len)
+            .replace();
+        let message = request.message_mut();
+        if vip.addr.is_ipv6() {
+            // RFC 5798 §8.2: the VIP moves with the master; no DAD delay.
+            message.header.flags |= AddressHeaderFlags::Nodad;
+            message
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        if let Some(info) = lifetime.cache_info() {
+            message.attributes.push(AddressAttribute::CacheInfo(info));
+        }
+        request
+            .execute()
+            .await
+            .map_err(request_error(format!("add address {vip} on #{ifindex}")))
+    }
+
+    /// Removes `addr` from interface `ifindex`, whatever its prefix. Returns
+    /// whether it was there; an address already gone is not an error.
+    pub async fn remove_vip(&self, ifindex: u32, addr: IpAddr) -> Result<bool, NetlinkError> {
+        let Some(found) = self
+            .addresses(ifindex)
+            .await?
+            .into_iter()
+            .find(|a| a.addr == addr)
+        else {
+            return Ok(false);
+        };
+        // Delete with the kernel's own description of the address, so the
+        // prefix (which IPv6 matches on) is the one it really has.
+        match self.handle.address().del(found.message).execute().await {
+            Ok(()) => Ok(true),
+            // Removed by someone else between the dump and the delete.
+            Err(e)
+                if matches!(
+                    errno(&e),
+                    Some(libc::EADDRNOTAVAIL | libc::ENOENT | libc::ENODEV)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(request_error(format!(
+                "delete address {addr} from #{ifindex}"
+            ))(e)),
+        }
+    }
+
+    /// Removes those of `vips` that are on interface `ifindex`, the leftovers
+    /// of a crashed run, before the router starts as backup. Returns the
+    /// addresses removed.
+    pub async fn remove_stale(
+        &self,
+        ifindex: u32,
+        vips: &[Vip],
+    ) -> Result<Vec<IpAddr>, NetlinkError> {
+        let present = self.addresses(ifindex).await?;
+        let mut removed = Vec::new();
+        for vip in vips {
+            if present.iter().any(|a| a.addr == vip.addr)
+                && self.remove_vip(ifindex, vip.addr).await?
+            {
+                removed.push(vip.addr);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Adds an IPv6 address label (RFC 6724 §2.1) for `prefix/prefix_len`,
+    /// the way keepalived labels IPv6 VIPs so source address selection does
+    /// not pick them. An identical label already present is fine.
+    pub async fn add_addr_label(
+        &self,
+        prefix: Ipv6Addr,
+        prefix_len: u8,
+        label: u32,
+    ) -> Result<(), NetlinkError> {
+        let addr = IpAddr::V6(prefix);
+        if prefix_len > 128 {
+            return Err(NetlinkError::PrefixTooLong { addr, prefix_len });
+        }
+        let result = self
+            .handle
+            .addrlabel()
+            .add()
+            .address(addr)
+            .prefix_len(prefix_len)
+            .label(label)
+            .execute()
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(request_error(format!(
+                "add address label {prefix}/{prefix_len} {label}"
+            ))(e)),
+        }
+    }
+
+    /// Removes an IPv6 address label; one already gone is not an error.
+    pub async fn remove_addr_label(
+        &self,
+        prefix: Ipv6Addr,
+        prefix_len: u8,
+        label: u32,
+    ) -> Result<(), NetlinkError> {
+        let result = self
+            .handle
+            .addrlabel()
+            .del()
+            .address(IpAddr::V6(prefix))
+            .prefix_len(prefix_len)
+            .label(label)
+            .execute()
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
+            Err(e) => Err(request_error(format!(
+                "delete address label {prefix}/{prefix_len}"
+            ))(e)),
+        }
+    }
+}
+
+fn interface_from_link(link: &LinkMessage) -> Interface {
+    let mut name = String::new();
+    let mut mac = None;
+    for attr in &link.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => name.clone_from(n),
+            LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            _ => {}
+        }
+    }
+    Interface {
+        index: link.header.index,
+        name,
+        mac,
+        oper_up: link_is_oper_up(link),
+    }
+}
+
+fn link_is_oper_up(link: &LinkMessage) -> bool {
+    link.header
+        .flags
+        .contains(LinkFlags::Up | LinkFlags::Running)
+}
+
+/// A change of a link or an address, from [`LinkEvents`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The interface became operational (up and with carrier).
+    LinkUp(u32),
+    /// The interface lost carrier or was set down.
+    LinkDown(u32),
+    /// The interface was deleted.
+    LinkDeleted(u32),
+    /// An address appeared on (or was replaced on) an interface.
+    AddressAdded(u32, IpAddr),
+    /// An address was removed from an interface, by anyone, or expired.
+    AddressRemoved(u32, IpAddr),
+}
+
+/// What rtnetlink's multicast connection hands over: each message with the
+/// address it came from.
+type NetlinkMessages = BoxStream<'static, (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
+
+/// A stream of [`LinkEvent`]s for the whole network namespace: subscribed
+/// to RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR and RTNLGRP_IPV6_IFADDR. Link
+/// notifications are sent for many attribute changes; only changes of the
+/// operational state come out, per interface.
+pub struct LinkEvents {
+    messages: NetlinkMessages,
+    oper_up: HashMap<u32, bool>,
+    connection: JoinHandle<()>,
+}
+
+impl fmt::Debug for LinkEvents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkEvents")
+            .field("oper_up", &self.oper_up)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LinkEvents {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl LinkEvents {
+    /// Subscribes. Must be called inside a tokio runtime. Events that happen
+    /// before this returns are not reported: read the current state after
+    /// subscribing, not before.
+    pub fn subscribe() -> Result<LinkEvents, NetlinkError> {
+        let groups = [
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+        ];
+        let (connection, _handle, messages) =
+            rtnetlink::new_multicast_connection(&groups).map_err(NetlinkError::Socket)?;
+        let connection = tokio::spawn(connection);
+        Ok(LinkEvents {
+            messages: messages.boxed(),
+            oper_up: HashMap::new(),
+            connection,
+        })
+    }
+
+    fn translate(&mut self, message: NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkEvent> {
+        let NetlinkPayload::InnerMessage(inner) = message.payload else {
+            return None;
+        };
+        match inner {
+            RouteNetlinkMessage::NewLink(link) => {
+                let index = link.header.index;
+                let up = link_is_oper_up(&link);
+                if self.oper_up.insert(index, up) == Some(up) {
+                    return None;
+                }
+                Some(if up {
+                    LinkEvent::LinkUp(index)
+                } else {
+                    LinkEvent::LinkDown(index)
+                })
+            }
+            RouteNetlinkMessage::DelLink(link) => {
+                self.oper_up.remove(&link.header.index);
+                Some(LinkEvent::LinkDeleted(link.header.index))
+            }
+            RouteNetlinkMessage::NewAddress(msg) => {
+                let index = msg.header.index;
+                InterfaceAddress::from_message(msg).map(|a| LinkEvent::AddressAdded(index, a.addr))
+            }
+            RouteNetlinkMessage::DelAddress(msg) => {
+                let index = msg.header.index;
+                InterfaceAddress::from_message(msg)
+                    .map(|a| LinkEvent::AddressRemoved(index, a.addr))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Stream for LinkEvents {
+    type Item = LinkEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LinkEvent>> {
+        // Bounded by the messages already queued: each turn either returns
+        // or consumes one message.
+        loop {
+            match self.messages.poll_next_unpin(cx) {
+                Poll::Ready(Some((message, _))) => {
+                    if let Some(event) = self.translate(message) {
+                        return Poll::Ready(Some(event));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! `io::netlink` against the real kernel, inside a network namespace of our
+//! own. Needs root and iproute2. What the kernel holds is read back with
+//! `ip -j addr`, not through the code under test.
+#![cfg(feature = "io")]
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
+
+use cplb_e2e::{Host, Lab, in_netns, wait_for, wait_until};
+use cplb_vrrp::io::netlink::{LinkEvent, LinkEvents, NetlinkError, Vip, VipLifetime, VipManager};
+use futures_util::StreamExt;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn vip(s: &str) -> Vip {
+    let (addr, len) = s.split_once('/').unwrap();
+    Vip::new(ip(addr), len.parse().unwrap()).unwrap()
+}
+
+/// A lab with one host, and a closure run inside that host's namespace on
+/// a current-thread runtime of its own.
+fn with_host<F>(f: F)
+where
+    F: AsyncFnOnce(&Lab, Host) + Send,
+{
+    let mut lab = Lab::new().unwrap();
+    let host = lab
+        .add_host("a", Some("192.0.2.1/24"), Some("2001:db8::1/64"))
+        .unwrap();
+    let netns = host.netns.clone();
+    let lab_ref = &lab;
+    in_netns(&netns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(f(lab_ref, host));
+    })
+    .unwrap();
+}
+
+#[test]
+fn resolves_the_interface() {
+    with_host(async |lab, host| {
+        let vips = VipManager::new().unwrap();
+        let eth0 = vips.interface("eth0").await.unwrap();
+        assert_eq!(eth0.name, "eth0");
+        assert!(eth0.oper_up);
+        let link = lab
+            .ip(&host.netns, ["-j", "link", "show", "dev", "eth0"])
+            .unwrap();
+        assert!(
+            link.contains(&format!("\"ifindex\":{},", eth0.index)),
+            "{link}"
+        );
+        let mac = eth0.mac.unwrap();
+        let mac = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        assert!(link.contains(&mac), "{mac} not in {link}");
+        assert_eq!(vips.interface_by_index(eth0.index).await.unwrap(), eth0);
+
+        assert!(matches!(
+            vips.interface("nosuch0").await,
+            Err(NetlinkError::NoSuchInterface(_))
+        ));
+    });
+}
+
+#[test]
+fn adds_vips_as_secondary_and_nodad_and_removes_them_idempotently() {
+    with_host(async |lab, host| {
+        let vips = VipManager::new().unwrap();
+        let index = vips.interface("eth0").await.unwrap().index;
+        vips.add_vip(index, vip("192.0.2.100/24"), VipLifetime::Forever)
+            .await
+            .unwrap();
+        vips.add_vip(index, vip("2001:db8::100/64"), VipLifetime::Forever)
+            .await
+            .unwrap();
+        // Adding again is a replace, not an EEXIST.
+        vips.add_vip(index, vip("192.0.2.100/24"), VipLifetime::Forever)
+            .await
+            .unwrap();
+
+        let addrs = lab.addresses(&host.netns, "eth0").unwrap();
+        let v4 = addrs.iter().find(|a| a.ip == ip("192.0.2.100")).unwrap();
+        assert_eq!(v4.prefix_len, 24);
+        assert!(
+            v4.secondary,
+            "a second address of 192.0.2.0/24 is secondary, like keepalived's"
+        );
+        assert_eq!(v4.valid_lft, None);
+        let v6 = addrs.iter().find(|a| a.ip == ip("2001:db8::100")).unwrap();
+        assert!(v6.nodad && !v6.tentative);
+
+        // Our own listing agrees with the kernel's.
+        let ours = vips.addresses(index).await.unwrap();
+        assert!(
+            ours.iter()
+                .any(|a| a.addr == ip("192.0.2.100") && a.secondary && a.prefix_len == 24)
+        );
+        assert!(
+            ours.iter()
+                .any(|a| a.addr == ip("2001:db8::100") && a.nodad)
+        );
+
+        assert!(vips.remove_vip(index, ip("192.0.2.100")).await.unwrap());
+        assert!(vips.remove_vip(index, ip("2001:db8::100")).await.unwrap());
+        assert!(
+            !vips.remove_vip(index, ip("192.0.2.100")).await.unwrap(),
+            "already gone is fine"
+        );
+        let addrs = lab.addresses(&host.netns, "eth0").unwrap();
+        assert!(
+            !addrs
+                .iter()
+                .any(|a| a.ip == ip("192.0.2.100") || a.ip == ip("2001:db8::100"))
+        );
+        // The host's own addresses were not touched.
+        assert!(addrs.iter().any(|a| a.ip == ip("192.0.2.1")));
+        assert!(addrs.iter().any(|a| a.ip == ip("2001:db8::1")));
+    });
+}
+
+#[test]
+fn the_kernel_expires_a_leased_vip_by_itself() {
+    with_host(async |lab, host| {
+        let vips = VipManager::new().unwrap();
+        let index = vips.interface("eth0").await.unwrap().index;
+        let lease = VipLifetime::lease(Duration::from_secs(2));
+        vips.add_vip(index, vip("192.0.2.101/32"), lease)
+            .await
+            .unwrap();
+        vips.add_vip(index, vip("2001:db8::101/128"), lease)
+            .await
+            .unwrap();
+
+        let addrs = lab.addresses(&host.netns, "eth0").unwrap();
+        let v4 = addrs.iter().find(|a| a.ip == ip("192.0.2.101")).unwrap();
+        assert!(v4.valid_lft.is_some_and(|s| s <= 2), "{v4:?}");
+        let v6 = addrs.iter().find(|a| a.ip == ip("2001:db8::101")).unwrap();
+        assert!(v6.valid_lft.is_some_and(|s| s <= 2), "{v6:?}");
+
+        // Nobody touches them again: the kernel removes both.
+        wait_until(
+            "the kernel to expire the leased VIPs",
+            Duration::from_secs(15),
+            || {
+                let addrs = lab.addresses(&host.netns, "eth0").unwrap();
+                !addrs
+                    .iter()
+                    .any(|a| a.ip == ip("192.0.2.101") || a.ip == ip("2001:db8::101"))
+            },
+        )
+        .unwrap();
+    });
+}
+
+#[test]
+fn adding_again_refreshes_the_lease() {
+    with_host(async |lab, host| {
+        let vips = VipManager::new().unwrap();
+        let index = vips.interface("eth0").await.unwrap().index;
+        let lease = VipLifetime::lease(Duration::from_secs(60));
+        for (addr, v) in [
+            (ip("192.0.2.102"), vip("192.0.2.102/24")),
+            (ip("2001:db8::102"), vip("2001:db8::102/64")),
+        ] {
+            vips.add_vip(index, v, lease).await.unwrap();
+            let valid_lft = || {
+                let addrs = lab.addresses(&host.netns, "eth0").unwrap();
+                addrs
+                    .iter()
+                    .find(|a| a.ip == addr)
+                    .and_then(|a| a.valid_lft)
+            };
+            // Let the lease run down a little (the kernel counts seconds)...
+            wait_for("the lease to run down", Duration::from_secs(10), || {
+                valid_lft().filter(|&s| s <= 58)
+            })
+            .unwrap();
+            // ...then a replace puts it back to the full 60 s.
+            vips.add_vip(index, v, lease).await.unwrap();
+            let refreshed = valid_lft().unwrap();
+            assert!(
+                refreshed >= 59,
+                "{addr}: lease not refreshed, {refreshed} s left"
+            );
+        }
+    });
+}
+
+#[test]
+fn removes_stale_configured_vips_only() {
+    with_host(async |lab, host| {
+        let vips = VipManager::new().unwrap();
+        let index = vips.interface("eth0").await.unwrap().index;
+        // Left behind by a crashed run, with another prefix than configured.
+        lab.ip(
+            &host.netns,
+            ["addr", "add", "192.0.2.103/24", "dev", "eth0"],
+        )
+        .unwrap();
+        lab.ip(
+            &host.netns,
+            ["addr", "add", "2001:db8::103/64", "dev", "eth0", "nodad"],
+        )
+        .unwrap();
+        // Not ours.
+        lab.ip(
+            &host.netns,
+            ["addr", "add", "192.0.2.104/24", "dev", "eth0"],
+        )
+        .unwrap();
+
+        let configured = [
+            vip("192.0.2.103/32"),
+            vip("2001:db8::103/128"),
+            vip("192.0.2.105/32"),
+        ];
+        let mut removed = vips.remove_stale(index, &configured).await.unwrap();
+        removed.sort();
+        assert_eq!(removed, vec![ip("192.0.2.103"), ip("2001:db8::103")]);
+        let addrs = lab.addresses(&host.netns, "eth0").unwrap();
+        assert!(
+            !addrs
+                .iter()
+                .any(|a| a.ip == ip("192.0.2.103") || a.ip == ip("2001:db8::103"))
+        );
+        assert!(addrs.iter().any(|a| a.ip == ip("192.0.2.104")));
+    });
+}
+
+#[test]
+fn adds_and_removes_ipv6_address_labels() {
+    with_host(async |lab, host| {
+        let vips = VipManager::new().unwrap();
+        let prefix: Ipv6Addr = "2001:db8::100".parse().unwrap();
+        vips.add_addr_label(prefix, 128, 10000).await.unwrap();
+        vips.add_addr_label(prefix, 128, 10000).await.unwrap();
+        let labels = lab.addr_labels(&host.netns).unwrap();
+        assert!(
+            labels
+                .iter()
+                .any(|l| l.prefix == IpAddr::V6(prefix) && l.prefix_len == 128 && l.label == 10000)
+        );
+
+        vips.remove_addr_label(prefix, 128, 10000).await.unwrap();
+        vips.remove_addr_label(prefix, 128, 10000).await.unwrap();
+        let labels = lab.addr_labels(&host.netns).unwrap();
+        assert!(!labels.iter().any(|l| l.prefix == IpAddr::V6(prefix)));
+    });
+}
+
+/// The next event matching `want`, skipping others, within 10 s.
+async fn next_matching(events: &mut LinkEvents, want: impl Fn(&LinkEvent) -> bool) -> LinkEvent {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        // Bounded by the timeout around it.
+        loop {
+            let event = events.next().await.expect("event stream ended");
+            if want(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("no matching netlink event within 10 s")
+}
+
+#[test]
+fn reports_link_and_address_events() {
+    with_host(async |lab, host| {
+        let vips = VipManager::new().unwrap();
+        let index = vips.interface("eth0").await.unwrap().index;
+        let mut events = LinkEvents::subscribe().unwrap();
+
+        vips.add_vip(index, vip("192.0.2.106/24"), VipLifetime::Forever)
+            .await
+            .unwrap();
+        let added = next_matching(&mut events, |e| matches!(e, LinkEvent::AddressAdded(..))).await;
+        assert_eq!(added, LinkEvent::AddressAdded(index, ip("192.0.2.106")));
+
+        // Someone else removes our VIP.
+        lab.ip(
+            &host.netns,
+            ["addr", "del", "192.0.2.106/24", "dev", "eth0"],
+        )
+        .unwrap();
+        let removed =
+            next_matching(&mut events, |e| matches!(e, LinkEvent::AddressRemoved(..))).await;
+        assert_eq!(removed, LinkEvent::AddressRemoved(index, ip("192.0.2.106")));
+
+        // Carrier loss is a link down, and comes back as a link up.
+        lab.cut_cable("a").unwrap();
+        let down = next_matching(&mut events, |e| {
+            matches!(e, LinkEvent::LinkDown(_) | LinkEvent::LinkUp(_))
+        })
+        .await;
+        assert_eq!(down, LinkEvent::LinkDown(index));
+        lab.plug_cable("a").unwrap();
+        let up = next_matching(&mut events, |e| {
+            matches!(e, LinkEvent::LinkDown(_) | LinkEvent::LinkUp(_))
+        })
+        .await;
+        assert_eq!(up, LinkEvent::LinkUp(index));
+
+        // Administratively down too.
+        lab.set_host_link("a", false).unwrap();
+        let down = next_matching(&mut events, |e| {
+            matches!(e, LinkEvent::LinkDown(_) | LinkEvent::LinkUp(_))
+        })
+        .await;
+        assert_eq!(down, LinkEvent::LinkDown(index));
+    });
+}
