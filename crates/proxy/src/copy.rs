@@ -12,6 +12,8 @@ use std::cell::RefCell;
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
+use std::pin::pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use nix::fcntl::{OFlag, SpliceFFlags, splice};
@@ -125,23 +127,28 @@ struct Half {
 }
 
 impl Half {
-    /// Waits until this direction can make progress, then makes it.
-    /// Cancel-safe: nothing happens before the readiness await completes.
-    async fn step(
+    /// Makes progress if the socket it waits on is ready; otherwise
+    /// registers the task's waker in the socket's own reader/writer slot
+    /// (no waiter node in the future, which keeps idle connections small).
+    fn poll_step(
         &mut self,
+        cx: &mut Context<'_>,
         src: &TcpStream,
         dst: &TcpStream,
         other_done: bool,
         count: &Count<'_>,
         path: DataPath,
-    ) -> io::Result<()> {
-        if matches!(self.pending, Pending::Empty) {
-            src.readable().await?;
+    ) -> Poll<io::Result<()>> {
+        if self.done {
+            return Poll::Pending;
+        }
+        Poll::Ready(if matches!(self.pending, Pending::Empty) {
+            ready!(src.poll_read_ready(cx))?;
             self.forward(src, dst, other_done, count, path)
         } else {
-            dst.writable().await?;
+            ready!(dst.poll_write_ready(cx))?;
             self.flush(dst, count)
-        }
+        })
     }
 
     fn forward(
@@ -348,8 +355,15 @@ fn splice_out(pipe: &Pipe, dst: &TcpStream, len: usize, count: &Count<'_>) -> io
     Ok(left)
 }
 
+/// Passes over both directions per wake-up before yielding to other tasks.
+const MAX_PASSES: usize = 8;
+
 /// Pumps bytes both ways until both directions are done, an error occurs,
 /// `close` fires, or the connection stays idle for `idle_timeout`.
+///
+/// Hand-written with `poll_fn` rather than `select!` over readiness futures:
+/// the whole state is the two halves, a cancellation future and an optional
+/// boxed timer, a few hundred bytes per idle connection.
 pub(crate) async fn pump(
     client: &TcpStream,
     backend: &TcpStream,
@@ -362,30 +376,41 @@ pub(crate) async fn pump(
     let mut down = Half::default();
     let to_backend = |n| counters.add_to_backend(n);
     let from_backend = |n| counters.add_from_backend(n);
-    // Bounded by the connection's life: each pass makes progress or waits.
-    while !(up.done && down.done) {
-        let (up_done, down_done) = (up.done, down.done);
-        let step = async {
-            tokio::select! {
-                r = up.step(client, backend, down_done, &to_backend, path), if !up_done => r,
-                r = down.step(backend, client, up_done, &from_backend, path), if !down_done => r,
-            }
-        };
-        let result = tokio::select! {
-            biased;
-            () = close.cancelled() => return End::Closed,
-            r = async {
-                match idle_timeout {
-                    Some(limit) => tokio::time::timeout(limit, step).await.ok(),
-                    None => Some(step.await),
-                }
-            } => r,
-        };
-        match result {
-            None => return End::IdleTimeout,
-            Some(Err(e)) => return End::Error(e),
-            Some(Ok(())) => {}
+    let mut closed = pin!(close.cancelled());
+    let mut idle = idle_timeout.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
+    std::future::poll_fn(|cx| {
+        if closed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Closed);
         }
-    }
-    End::Done
+        let mut progressed = false;
+        for _ in 0..MAX_PASSES {
+            let (up_done, down_done) = (up.done, down.done);
+            let a = up.poll_step(cx, client, backend, down_done, &to_backend, path);
+            let b = down.poll_step(cx, backend, client, up_done, &from_backend, path);
+            match (a, b) {
+                (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => {
+                    return Poll::Ready(End::Error(e));
+                }
+                (Poll::Pending, Poll::Pending) => break,
+                _ => progressed = true,
+            }
+            if up.done && down.done {
+                return Poll::Ready(End::Done);
+            }
+        }
+        if let Some((limit, sleep)) = idle.as_mut() {
+            if progressed {
+                sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::IdleTimeout);
+            }
+        }
+        if progressed {
+            // Passes exhausted with work left: yield, then come back.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await
 }
