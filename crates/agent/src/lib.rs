@@ -1,0 +1,5 @@
+//! The `cplb` agent: the k0s-compatible configuration, and (as they land) the
+//! lifecycle that ties VRRP, the proxy and the reconciler together.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
