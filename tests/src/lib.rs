@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -136,6 +136,17 @@ pub struct IfAddr {
     pub nodad: bool,
     /// Whether the address is still tentative (IPv6 DAD not finished).
     pub tentative: bool,
+}
+
+/// An interface, as `ip -j link` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface index.
+    pub ifindex: u32,
+    /// Hardware address.
+    pub mac: [u8; 6],
+    /// Carrier present.
+    pub lower_up: bool,
 }
 
 /// An IPv6 address label entry, as `ip -j addrlabel` reports it.
@@ -450,6 +461,51 @@ impl Lab {
         })
     }
 
+    /// Index, MAC and state of `ifname` in `netns`.
+    pub fn link(&self, netns: &str, ifname: &str) -> Result<LinkInfo, LabError> {
+        let json = self.ip(netns, ["-j", "link", "show", "dev", ifname])?;
+        let command = || format!("ip -n {netns} -j link show dev {ifname}");
+        let links: Vec<IpLinkInfoJson> =
+            serde_json::from_str(&json).map_err(|source| LabError::Json {
+                command: command(),
+                source,
+            })?;
+        let link = links
+            .into_iter()
+            .next()
+            .ok_or_else(|| LabError::Unknown(format!("interface {ifname} in {netns}")))?;
+        let mac = parse_mac(&link.address)
+            .ok_or_else(|| LabError::Unknown(format!("MAC {}", link.address)))?;
+        Ok(LinkInfo {
+            ifindex: link.ifindex,
+            mac,
+            lower_up: link.flags.iter().any(|f| f == "LOWER_UP"),
+        })
+    }
+
+    /// The IPv6 link-local address of `ifname` in `netns`, once duplicate
+    /// address detection has finished with it (waits at most `timeout`).
+    pub fn link_local(
+        &self,
+        netns: &str,
+        ifname: &str,
+        timeout: Duration,
+    ) -> Result<Ipv6Addr, LabError> {
+        wait_for(
+            &format!("a usable link-local address on {ifname} in {netns}"),
+            timeout,
+            || {
+                self.addresses(netns, ifname)
+                    .ok()?
+                    .into_iter()
+                    .find_map(|a| match a.ip {
+                        IpAddr::V6(ip) if ip.is_unicast_link_local() && !a.tentative => Some(ip),
+                        _ => None,
+                    })
+            },
+        )
+    }
+
     /// Whether `ip` is on `ifname` in `netns` (read from the kernel).
     pub fn has_address(&self, netns: &str, ifname: &str, ip: IpAddr) -> Result<bool, LabError> {
         Ok(self.addresses(netns, ifname)?.iter().any(|a| a.ip == ip))
@@ -702,6 +758,24 @@ pub fn parse_ip_addr_json(json: &str) -> Result<Vec<IfAddr>, serde_json::Error> 
 }
 
 #[derive(Deserialize)]
+struct IpLinkInfoJson {
+    ifindex: u32,
+    address: String,
+    #[serde(default)]
+    flags: Vec<String>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[derive(Deserialize)]
 struct AddrLabelJson {
     address: IpAddr,
     prefixlen: u8,
@@ -745,6 +819,14 @@ mod tests {
         assert_eq!(addrs[1].valid_lft, Some(3));
         assert!(addrs[2].nodad);
         assert_eq!(addrs[2].prefix_len, 64);
+    }
+
+    #[test]
+    fn parses_macs() {
+        assert_eq!(parse_mac("02:00:5e:00:01:0a"), Some([2, 0, 0x5e, 0, 1, 10]));
+        assert_eq!(parse_mac("02:00:5e:00:01"), None);
+        assert_eq!(parse_mac("02:00:5e:00:01:0a:0b"), None);
+        assert_eq!(parse_mac("zz:00:5e:00:01:0a"), None);
     }
 
     #[test]

@@ -33,6 +33,11 @@ fn three_hosts_ping_across_the_lan_and_vanish_on_drop() {
             .unwrap();
         }
 
+        let link = lab.link(&a, "eth0").unwrap();
+        assert!(link.lower_up && link.ifindex > 0 && link.mac != [0; 6]);
+        let ll = lab.link_local(&a, "eth0", Duration::from_secs(10)).unwrap();
+        assert!(ll.is_unicast_link_local());
+
         let addrs = lab.addresses(&a, "eth0").unwrap();
         assert!(
             addrs

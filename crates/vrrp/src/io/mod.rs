@@ -6,3 +6,4 @@
 //! CAP_NET_RAW and CAP_NET_ADMIN).
 
 pub mod netlink;
+pub mod socket;
