@@ -96,7 +96,7 @@ impl Config {
         let interval = self.advert_interval.0;
         let interval_ok = match self.version {
             // RFC 3768 §5.3.7: whole seconds in one octet.
-            Version::V2 => interval > 0 && interval % 100 == 0 && interval <= 255 * 100,
+            Version::V2 => interval > 0 && interval.is_multiple_of(100) && interval <= 255 * 100,
             // RFC 5798 §5.2.7: 12 bits of centiseconds.
             Version::V3 => interval > 0 && interval <= Centis::V3_MAX.0,
         };

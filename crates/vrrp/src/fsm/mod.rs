@@ -475,10 +475,10 @@ impl VirtualRouter {
             if got != want {
                 return Err(RejectReason::AuthType { got, want });
             }
-            if let (Auth::Pass(theirs), Auth::Pass(ours)) = (advert.auth, self.config.auth) {
-                if theirs != ours {
-                    return Err(RejectReason::AuthPassword);
-                }
+            if let (Auth::Pass(theirs), Auth::Pass(ours)) = (advert.auth, self.config.auth)
+                && theirs != ours
+            {
+                return Err(RejectReason::AuthPassword);
             }
             // RFC 3768 §7.1: "MUST verify that the Adver Interval in the
             // packet is the same as the locally configured". (RFC 5798 drops
