@@ -4,7 +4,12 @@
 //! when an invariant breaks: that is how a fuzzer learns of it.
 
 // Assertions are the point of this module.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -25,15 +30,23 @@ const MAX_OPS: usize = 512;
 /// checksum, which fuzzing builds do not verify, and the v3 reserved bits,
 /// which receivers ignore) and re-parse to the same advert.
 pub fn parse_roundtrip(data: &[u8]) {
-    let v4 = (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)), IpAddr::V4(MULTICAST_V4));
-    let v6 = (IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)), IpAddr::V6(MULTICAST_V6));
+    let v4 = (
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+        IpAddr::V4(MULTICAST_V4),
+    );
+    let v6 = (
+        IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)),
+        IpAddr::V6(MULTICAST_V6),
+    );
     for (src, dst) in [v4, v6] {
         let Ok(advert) = Advert::parse(data, src, dst) else {
             continue;
         };
         assert_eq!(advert.buffer_len(), data.len(), "{advert:?}");
         let mut buf = vec![0xa5; advert.buffer_len()];
-        let n = advert.emit(src, dst, &mut buf).expect("a parsed advert re-emits");
+        let n = advert
+            .emit(src, dst, &mut buf)
+            .expect("a parsed advert re-emits");
         assert_eq!(n, data.len());
         let again = Advert::parse(&buf, src, dst).expect("an emitted advert parses");
         assert_eq!(again, advert);
@@ -79,9 +92,16 @@ pub enum FsmOp {
     /// Jump to the next deadline and handle it.
     Timeout,
     /// An advert from a peer, built to be mostly valid.
-    Peer { from: Peer, priority: u8, flaw: Flaw },
+    Peer {
+        from: Peer,
+        priority: u8,
+        flaw: Flaw,
+    },
     /// Any advert at all.
-    Raw { src: IpAddr, advert: Advert },
+    Raw {
+        src: IpAddr,
+        advert: Advert,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
@@ -122,7 +142,8 @@ fn config(v3: bool, priority: u8, preempt: bool, primary: IpAddr) -> Config {
 /// priority only from a Master; a timer armed exactly in Backup and Master;
 /// after handling a timeout, the next deadline is in the future.
 pub fn run_fsm(script: &FsmScript) {
-    let mut router = VirtualRouter::new(config(script.v3, script.priority, script.preempt, OURS)).unwrap();
+    let mut router =
+        VirtualRouter::new(config(script.v3, script.priority, script.preempt, OURS)).unwrap();
     let t0 = Instant::now();
     let mut now = t0;
     let mut holds_vips = false;
@@ -146,7 +167,11 @@ pub fn run_fsm(script: &FsmScript) {
                 handled_timeout = true;
                 router.handle_timeout(now)
             }
-            FsmOp::Peer { from, priority, flaw } => {
+            FsmOp::Peer {
+                from,
+                priority,
+                flaw,
+            } => {
                 let src = match from {
                     Peer::Lower => LOWER,
                     Peer::Higher => HIGHER,
@@ -182,11 +207,19 @@ pub fn run_fsm(script: &FsmScript) {
         let removes = actions.contains(&Action::RemoveVips);
         assert!(!(adds && removes), "{op:?}: {actions:?}");
         holds_vips = (holds_vips || adds) && !removes;
-        assert_eq!(holds_vips, after == State::Master, "{op:?}: VIPs held only in Master");
+        assert_eq!(
+            holds_vips,
+            after == State::Master,
+            "{op:?}: VIPs held only in Master"
+        );
         for action in &actions {
             match action {
                 Action::Send(advert) if advert.priority == 0 => {
-                    assert_eq!((before, after), (State::Master, State::Initialize), "{op:?}");
+                    assert_eq!(
+                        (before, after),
+                        (State::Master, State::Initialize),
+                        "{op:?}"
+                    );
                 }
                 Action::Send(_) | Action::Announce { .. } => {
                     assert_eq!(after, State::Master, "{op:?}: {action:?}");
@@ -195,9 +228,16 @@ pub fn run_fsm(script: &FsmScript) {
             }
         }
         let armed = router.poll_timeout().is_some();
-        assert_eq!(armed, matches!(after, State::Backup | State::Master), "{op:?} in {after}");
+        assert_eq!(
+            armed,
+            matches!(after, State::Backup | State::Master),
+            "{op:?} in {after}"
+        );
         if handled_timeout {
-            assert!(router.poll_timeout().is_none_or(|deadline| deadline > now), "{op:?}");
+            assert!(
+                router.poll_timeout().is_none_or(|deadline| deadline > now),
+                "{op:?}"
+            );
         }
     }
 }
@@ -239,13 +279,19 @@ pub fn run_lan(script: &LanScript) {
     for (i, &priority) in script.priorities.iter().take(size).enumerate() {
         let primary = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + i as u8));
         // An owner (255) never defers, so keep the priority to 1..=254.
-        let node = lan.add(config(script.v3, priority.clamp(1, 254), true, primary)).unwrap();
+        let node = lan
+            .add(config(script.v3, priority.clamp(1, 254), true, primary))
+            .unwrap();
         lan.start(node);
     }
     let check = |lan: &Lan| {
         for (i, node) in lan.nodes().iter().enumerate() {
             if node.running {
-                assert_eq!(node.holds_vips, node.router.state() == State::Master, "node {i}");
+                assert_eq!(
+                    node.holds_vips,
+                    node.router.state() == State::Master,
+                    "node {i}"
+                );
             }
         }
     };
