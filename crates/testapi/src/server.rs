@@ -124,6 +124,8 @@ pub struct Counters {
     pub health_checks: AtomicU64,
     /// Requests refused for lack of a client certificate.
     pub unauthorized: AtomicU64,
+    /// Requests answered with an injected [`ErrorFault`].
+    pub injected_errors: AtomicU64,
 }
 
 impl Counters {
@@ -355,6 +357,7 @@ async fn handle(ctx: Arc<Ctx>, authenticated: bool, req: Request<Incoming>) -> R
         return health(&ctx, &path);
     }
     if let Some(fault) = ctx.faults.error() {
+        ctx.counters.injected_errors.fetch_add(1, Ordering::SeqCst);
         return error_fault(fault);
     }
     if req.method() != Method::GET {

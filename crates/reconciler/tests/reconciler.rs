@@ -1,0 +1,590 @@
+//! The reconciler against real (test) apiservers: three instances on
+//! 127.0.0.1/.2/.3 sharing one store and one port, like three controllers.
+//! Every wait is bounded; the 2 s bounds are the requirements.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cplb_reconciler::{Backends, Health, Reconciler, ReconcilerConfig, Source};
+use cplb_testapi::{ApiServer, Cluster, Counters, ErrorFault, Kind, ServerOptions};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+/// The bound for adding/removing/failing/recovering a backend.
+const CHANGE_BOUND: Duration = Duration::from_secs(2);
+/// Generous bound for start-up and watcher backoff (kube's default backoff
+/// starts at 0.8 s and doubles).
+const SLOW_BOUND: Duration = Duration::from_secs(30);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+struct Lab {
+    cluster: Cluster,
+    servers: Vec<ApiServer>,
+    port: u16,
+    _dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Lab {
+    /// Starts one instance per address (the first one picks the shared port)
+    /// and writes a kubeconfig pointing at `local`.
+    async fn start(addresses: &[&str], local: &str, local_options: ServerOptions) -> Lab {
+        init_tracing();
+        let cluster = Cluster::new().unwrap();
+        // A free port on 127.0.0.1 is almost always free on .2/.3 too; retry if not.
+        for _attempt in 0..5 {
+            let mut servers = Vec::new();
+            let mut port = 0;
+            let mut ok = true;
+            for address in addresses {
+                let options = if *address == local {
+                    local_options.clone()
+                } else {
+                    ServerOptions::default()
+                };
+                match cluster
+                    .start_with(SocketAddr::new(ip(address), port), options)
+                    .await
+                {
+                    Ok(server) => {
+                        port = server.addr().port();
+                        servers.push(server);
+                    }
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if !ok {
+                continue;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let kubeconfig = dir.path().join("admin.conf");
+            cluster
+                .write_kubeconfig(&kubeconfig, SocketAddr::new(ip(local), port))
+                .unwrap();
+            return Lab {
+                cluster,
+                servers,
+                port,
+                _dir: dir,
+                kubeconfig,
+            };
+        }
+        panic!("could not bind the test apiservers on one port");
+    }
+
+    async fn three() -> Lab {
+        Self::start(
+            &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+            "127.0.0.1",
+            ServerOptions::default(),
+        )
+        .await
+    }
+
+    fn server(&self, address: &str) -> &ApiServer {
+        self.servers
+            .iter()
+            .find(|s| s.addr().ip() == ip(address))
+            .unwrap()
+    }
+
+    fn backends(&self, addresses: &[&str]) -> Backends {
+        addresses
+            .iter()
+            .map(|a| SocketAddr::new(ip(a), self.port))
+            .collect()
+    }
+
+    /// Writes both the slices and the Endpoints object, like an apiserver.
+    fn set(&self, addresses: &[&str]) {
+        let ips: Vec<IpAddr> = addresses.iter().map(|a| ip(a)).collect();
+        self.cluster.store().set_kubernetes_backends(&ips, 6443);
+    }
+
+    fn config(&self, source: Source) -> ReconcilerConfig {
+        ReconcilerConfig {
+            kubeconfig: self.kubeconfig.clone(),
+            api_port: self.port,
+            source,
+            ..ReconcilerConfig::default()
+        }
+    }
+}
+
+struct Running {
+    reconciler: Arc<Reconciler>,
+    rx: watch::Receiver<Backends>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(config: ReconcilerConfig) -> Running {
+        let reconciler = Arc::new(Reconciler::new(config).await.unwrap());
+        let rx = reconciler.subscribe();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let reconciler = reconciler.clone();
+            let cancel = cancel.clone();
+            async move { reconciler.run(cancel).await }
+        });
+        Running {
+            reconciler,
+            rx,
+            cancel,
+            task,
+        }
+    }
+
+    /// Waits until the published set equals `expected`, at most `bound`.
+    async fn wait_for(&mut self, expected: &Backends, bound: Duration, what: &str) {
+        let deadline = Instant::now() + bound;
+        loop {
+            if *self.rx.borrow_and_update() == *expected {
+                return;
+            }
+            let Ok(changed) = tokio::time::timeout_at(deadline, self.rx.changed()).await else {
+                panic!(
+                    "{what}: expected {expected:?} within {bound:?}, have {:?}",
+                    *self.rx.borrow()
+                );
+            };
+            changed.unwrap();
+        }
+    }
+
+    /// Waits until every known backend has this health, at most `bound`.
+    async fn wait_for_health(&self, addresses: &[&str], health: Health, bound: Duration) {
+        let mut rx = self.reconciler.subscribe_health();
+        let want: BTreeSet<IpAddr> = addresses.iter().map(|a| ip(a)).collect();
+        let result = timeout(
+            bound,
+            rx.wait_for(|snapshot| {
+                want.iter()
+                    .all(|ip| snapshot.get(ip).is_some_and(|s| s.health == health))
+            }),
+        )
+        .await;
+        assert!(
+            result.is_ok(),
+            "{addresses:?} did not become {health} within {bound:?}"
+        );
+    }
+
+    /// Cancels and checks that `run` returns promptly with no task left.
+    async fn shutdown(self) {
+        self.cancel.cancel();
+        timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("run() returns promptly after cancel")
+            .unwrap();
+        assert_eq!(self.reconciler.active_checkers(), 0, "leaked checker tasks");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_list_then_adds_and_removes() {
+    let lab = Lab::three().await;
+    lab.set(&["127.0.0.1", "127.0.0.2"]);
+    let mut r = Running::start(lab.config(Source::Auto)).await;
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.2"]),
+        SLOW_BOUND,
+        "initial list",
+    )
+    .await;
+    assert_eq!(r.reconciler.active_checkers(), 2);
+
+    lab.set(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]),
+        CHANGE_BOUND,
+        "added endpoint",
+    )
+    .await;
+
+    lab.set(&["127.0.0.1", "127.0.0.3"]);
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.3"]),
+        CHANGE_BOUND,
+        "removed endpoint",
+    )
+    .await;
+    assert_eq!(r.reconciler.active_checkers(), 2);
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_readyz_leaves_and_recovers() {
+    let lab = Lab::three().await;
+    let all = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    lab.set(&all);
+    let mut r = Running::start(lab.config(Source::EndpointSlices)).await;
+    r.wait_for(&lab.backends(&all), SLOW_BOUND, "initial list")
+        .await;
+
+    lab.server("127.0.0.2").faults().set_fail_readiness(true);
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.3"]),
+        CHANGE_BOUND,
+        "readyz failing",
+    )
+    .await;
+    let health = r.reconciler.subscribe_health().borrow().clone();
+    let status = &health[&ip("127.0.0.2")];
+    assert_eq!(status.health, Health::Unhealthy);
+    assert!(
+        status.last_error.as_deref().unwrap().contains("500"),
+        "{status:?}"
+    );
+
+    lab.server("127.0.0.2").faults().set_fail_readiness(false);
+    r.wait_for(&lab.backends(&all), CHANGE_BOUND, "readyz recovered")
+        .await;
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_backend_leaves_and_recovers() {
+    let lab = Lab::three().await;
+    let all = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    lab.set(&all);
+    let mut r = Running::start(ReconcilerConfig {
+        // Interval 1 s + timeout 0.5 s keeps detection under the 2 s bound.
+        timeout: Duration::from_millis(500),
+        ..lab.config(Source::Auto)
+    })
+    .await;
+    r.wait_for(&lab.backends(&all), SLOW_BOUND, "initial list")
+        .await;
+
+    lab.server("127.0.0.3").faults().set_blackhole(true);
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.2"]),
+        CHANGE_BOUND,
+        "blackholed",
+    )
+    .await;
+    let health = r.reconciler.subscribe_health().borrow().clone();
+    assert!(
+        health[&ip("127.0.0.3")]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("timed out"),
+        "{health:?}"
+    );
+
+    lab.server("127.0.0.3").faults().set_blackhole(false);
+    r.wait_for(&lab.backends(&all), CHANGE_BOUND, "blackhole lifted")
+        .await;
+
+    // A hanging backend (TLS fine, no answer) is cut off by the same timeout.
+    lab.server("127.0.0.1").faults().set_hang(true);
+    r.wait_for(
+        &lab.backends(&["127.0.0.2", "127.0.0.3"]),
+        CHANGE_BOUND,
+        "hanging",
+    )
+    .await;
+    lab.server("127.0.0.1").faults().set_hang(false);
+    r.wait_for(&lab.backends(&all), CHANGE_BOUND, "hang lifted")
+        .await;
+
+    // Shut down while a probe of a blackholed backend is in flight.
+    lab.server("127.0.0.2").faults().set_blackhole(true);
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_watch_and_gone_relist_keep_the_set() {
+    // No bookmarks, so that the watcher's version stays behind the compaction.
+    let lab = Lab::start(
+        &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+        "127.0.0.1",
+        ServerOptions {
+            bookmark_interval: Duration::from_secs(3600),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let all = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    lab.set(&all);
+    let mut r = Running::start(lab.config(Source::EndpointSlices)).await;
+    r.wait_for(&lab.backends(&all), SLOW_BOUND, "initial list")
+        .await;
+    let local = lab.server("127.0.0.1");
+
+    // A dropped stream: the watcher re-watches from its last version.
+    let watches = Counters::get(&local.counters().watches);
+    local.faults().drop_watches();
+    let deadline = Instant::now() + SLOW_BOUND;
+    while Counters::get(&local.counters().watches) == watches {
+        assert!(
+            Instant::now() < deadline,
+            "no re-watch after a dropped stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Compaction + dropped stream: the re-watch gets 410 Gone and relists.
+    let lists = Counters::get(&local.counters().lists);
+    // An unrelated change moves the store past the watcher's version, then
+    // compaction makes that version unavailable.
+    let mut other = cplb_testapi::endpoint_slice("other", &[ip("192.0.2.9")], 80);
+    other["metadata"]["labels"]["kubernetes.io/service-name"] = "other".into();
+    lab.cluster.store().apply(Kind::EndpointSlice, other);
+    lab.cluster.store().compact();
+    local.faults().drop_watches();
+    let deadline = Instant::now() + SLOW_BOUND;
+    while Counters::get(&local.counters().lists) == lists {
+        assert!(Instant::now() < deadline, "no relist after 410 Gone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !r.rx.has_changed().unwrap(),
+        "the published set changed across the relist"
+    );
+    assert_eq!(*r.rx.borrow(), lab.backends(&all));
+
+    // The new watch is live.
+    lab.set(&["127.0.0.1", "127.0.0.2"]);
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.2"]),
+        CHANGE_BOUND,
+        "after relist",
+    )
+    .await;
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_or_throttling_local_apiserver_keeps_the_set() {
+    // The local apiserver (127.0.0.4) is not one of the backends, so stopping
+    // it only breaks the watch, not the health checks.
+    let mut lab = Lab::start(
+        &["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"],
+        "127.0.0.4",
+        ServerOptions::default(),
+    )
+    .await;
+    let all = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    lab.set(&all);
+    let mut r = Running::start(lab.config(Source::Auto)).await;
+    r.wait_for(&lab.backends(&all), SLOW_BOUND, "initial list")
+        .await;
+
+    // 429 with Retry-After on every API call, and the stream dropped.
+    let local = lab.server("127.0.0.4");
+    local.faults().set_error(Some(ErrorFault {
+        status: 429,
+        retry_after_secs: 1,
+    }));
+    local.faults().drop_watches();
+    let deadline = Instant::now() + SLOW_BOUND;
+    while Counters::get(&local.counters().injected_errors) == 0 {
+        assert!(Instant::now() < deadline, "the watcher did not retry");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*r.rx.borrow(), lab.backends(&all));
+    // Then the local apiserver stops listening altogether.
+    let position = lab
+        .servers
+        .iter()
+        .position(|s| s.addr().ip() == ip("127.0.0.4"))
+        .unwrap();
+    let local = lab.servers.remove(position);
+    let local_addr = local.addr();
+    local.stop().await;
+    lab.set(&["127.0.0.1", "127.0.0.2"]);
+    // Nothing can be learnt meanwhile: the set stays as it was.
+    assert!(
+        timeout(Duration::from_secs(3), r.rx.changed())
+            .await
+            .is_err(),
+        "the set changed while the local apiserver was unreachable: {:?}",
+        *r.rx.borrow()
+    );
+    assert_eq!(*r.rx.borrow(), lab.backends(&all));
+
+    // The apiserver comes back: the watcher relists and catches up.
+    let restarted = lab.cluster.start(local_addr).await.unwrap();
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.2"]),
+        SLOW_BOUND,
+        "after restart",
+    )
+    .await;
+    lab.servers.push(restarted);
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_unhealthy_fails_open() {
+    let lab = Lab::three().await;
+    let all = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    for server in &lab.servers {
+        server.faults().set_fail_readiness(true);
+    }
+    lab.set(&all);
+    let mut r = Running::start(lab.config(Source::Auto)).await;
+    r.wait_for_health(&all, Health::Unhealthy, SLOW_BOUND).await;
+    r.wait_for(&lab.backends(&all), CHANGE_BOUND, "fail-open")
+        .await;
+
+    lab.server("127.0.0.2").faults().set_fail_readiness(false);
+    r.wait_for(&lab.backends(&["127.0.0.2"]), CHANGE_BOUND, "one recovered")
+        .await;
+
+    // Removing every address keeps what the proxy has.
+    lab.set(&[]);
+    assert!(
+        timeout(Duration::from_secs(2), r.rx.changed())
+            .await
+            .is_err(),
+        "an empty endpoint list must not empty the proxy"
+    );
+    assert_eq!(*r.rx.borrow(), lab.backends(&["127.0.0.2"]));
+    let deadline = Instant::now() + CHANGE_BOUND;
+    while r.reconciler.active_checkers() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "checkers of removed addresses still run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_source_gives_the_same_answers() {
+    let lab = Lab::three().await;
+    lab.set(&["127.0.0.1", "127.0.0.2"]);
+    let mut r = Running::start(lab.config(Source::Endpoints)).await;
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.2"]),
+        SLOW_BOUND,
+        "initial list",
+    )
+    .await;
+    lab.set(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]),
+        CHANGE_BOUND,
+        "added endpoint",
+    )
+    .await;
+    lab.server("127.0.0.1").faults().set_fail_readiness(true);
+    r.wait_for(
+        &lab.backends(&["127.0.0.2", "127.0.0.3"]),
+        CHANGE_BOUND,
+        "failing",
+    )
+    .await;
+    lab.set(&["127.0.0.1", "127.0.0.3"]);
+    r.wait_for(
+        &lab.backends(&["127.0.0.3"]),
+        CHANGE_BOUND,
+        "removed endpoint",
+    )
+    .await;
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_selection() {
+    // Slices and Endpoints disagree on purpose, to see which one is read.
+    let slices_and_endpoints = |lab: &Lab| {
+        let store = lab.cluster.store();
+        store.set_kubernetes_slice("kubernetes", &[ip("127.0.0.1"), ip("127.0.0.2")], 6443);
+        store.set_kubernetes_endpoints(&[ip("127.0.0.1"), ip("127.0.0.3")], 6443);
+    };
+
+    let lab = Lab::three().await;
+    slices_and_endpoints(&lab);
+    let mut r = Running::start(lab.config(Source::Auto)).await;
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.2"]),
+        SLOW_BOUND,
+        "auto → slices",
+    )
+    .await;
+    r.shutdown().await;
+    let mut r = Running::start(lab.config(Source::Endpoints)).await;
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.3"]),
+        SLOW_BOUND,
+        "endpoints",
+    )
+    .await;
+    r.shutdown().await;
+    // A mirrored slice with a generated name is part of the union.
+    lab.cluster.store().apply(
+        Kind::EndpointSlice,
+        cplb_testapi::endpoint_slice("kubernetes-x7k2q", &[ip("127.0.0.3")], 6443),
+    );
+    let mut r = Running::start(lab.config(Source::EndpointSlices)).await;
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]),
+        SLOW_BOUND,
+        "union of slices",
+    )
+    .await;
+    r.shutdown().await;
+
+    // An apiserver without the EndpointSlice API: Auto falls back to Endpoints.
+    let old = Lab::start(
+        &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+        "127.0.0.1",
+        ServerOptions {
+            serve_endpoint_slices: false,
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    slices_and_endpoints(&old);
+    let mut r = Running::start(old.config(Source::Auto)).await;
+    r.wait_for(
+        &old.backends(&["127.0.0.1", "127.0.0.3"]),
+        SLOW_BOUND,
+        "auto → endpoints",
+    )
+    .await;
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_is_rejected() {
+    let lab = Lab::three().await;
+    let bad = ReconcilerConfig {
+        timeout: Duration::from_secs(2),
+        ..lab.config(Source::Auto)
+    };
+    assert!(Reconciler::new(bad).await.is_err());
+    let missing = ReconcilerConfig {
+        kubeconfig: lab.kubeconfig.with_file_name("missing.conf"),
+        ..lab.config(Source::Auto)
+    };
+    let error = Reconciler::new(missing).await.unwrap_err();
+    assert!(error.to_string().contains("missing.conf"), "{error}");
+}
