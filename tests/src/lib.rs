@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+pub mod keepalived;
+
 /// Every namespace this harness creates starts with this.
 pub const NETNS_PREFIX: &str = "cplbt-";
 
