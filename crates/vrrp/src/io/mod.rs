@@ -5,5 +5,6 @@
 //! Everything here needs a tokio runtime and, to be useful, root (or
 //! CAP_NET_RAW and CAP_NET_ADMIN).
 
+pub mod driver;
 pub mod netlink;
 pub mod socket;

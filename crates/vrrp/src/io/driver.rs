@@ -1,0 +1,584 @@
+//! The driver: runs [`VirtualRouter`]s on real interfaces.
+//!
+//! One task owns every router. It waits on cancellation, received adverts,
+//! netlink link/address events and the earliest router timer, feeds each to
+//! the routers and carries out the [`Action`]s they return: adverts go out of
+//! [`VrrpSocket`]s, VIPs are added and removed through [`VipManager`],
+//! announcements go out of a [`PacketSocket`].
+//!
+//! Instances share one raw socket per interface, address family and mode
+//! (multicast or unicast); received adverts are demultiplexed by VRID.
+//!
+//! While Master, every advert sent also re-adds the VIPs with a finite
+//! lifetime (a lease), so if this process is killed, hangs or is frozen,
+//! the kernel removes the VIPs by itself about Master_Down_Interval later,
+//! when the Backups have taken over.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::netlink::{LinkEvent, LinkEvents, NetlinkError, Vip, VipLifetime, VipManager};
+use super::socket::{Classifier, PacketSocket, RecvdPacket, SocketError, VrrpSocket};
+use crate::fsm::{Action, Config, ConfigError, State, VirtualRouter};
+use crate::wire::{
+    GARP_FRAME_LEN, MULTICAST_V4, MULTICAST_V6, UNSOLICITED_NA_FRAME_LEN, gratuitous_arp,
+    unsolicited_na,
+};
+
+/// The RFC 6724 label keepalived gives IPv6 VIPs by default, so that source
+/// address selection does not prefer them for the node's own traffic.
+pub const DEFAULT_ADDR_LABEL: u32 = 10000;
+
+/// How long the kernel keeps a VIP that is not refreshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VipLease {
+    /// Master_Down_Interval rounded up to whole seconds: a Master that stops
+    /// refreshing loses its VIPs about when the Backups take over.
+    #[default]
+    Auto,
+    /// A fixed lifetime, longer than the advertisement interval.
+    Fixed(Duration),
+    /// No lease: VIPs stay until removed (keepalived's behaviour).
+    Off,
+}
+
+/// One virtual router to run and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceConfig {
+    /// The state machine's configuration; `router.primary_ip` is the source
+    /// of adverts (for IPv6 multicast, the interface's link-local address,
+    /// RFC 5798 §5.1.2.1).
+    pub router: Config,
+    /// The interface name.
+    pub interface: String,
+    /// Prefix lengths for the VIPs; a VIP of `router.vips` not listed here
+    /// is added as /32 or /128.
+    pub vip_prefixes: Vec<Vip>,
+    /// Unicast peers; empty for multicast.
+    pub unicast_peers: Vec<IpAddr>,
+    /// The VIP lease.
+    pub lease: VipLease,
+    /// RFC 6724 address label for IPv6 VIPs; `None` for none.
+    pub ipv6_addr_label: Option<u32>,
+}
+
+impl InstanceConfig {
+    /// Multicast, automatic lease, default IPv6 label, host prefixes.
+    pub fn new(router: Config, interface: impl Into<String>) -> InstanceConfig {
+        InstanceConfig {
+            router,
+            interface: interface.into(),
+            vip_prefixes: Vec::new(),
+            unicast_peers: Vec::new(),
+            lease: VipLease::Auto,
+            ipv6_addr_label: Some(DEFAULT_ADDR_LABEL),
+        }
+    }
+
+    fn vips(&self) -> Vec<Vip> {
+        self.router
+            .vips
+            .iter()
+            .map(|addr| {
+                self.vip_prefixes
+                    .iter()
+                    .find(|v| v.addr == *addr)
+                    .copied()
+                    .unwrap_or_else(|| Vip::host(*addr))
+            })
+            .collect()
+    }
+}
+
+/// Why the driver could not start (once running, errors are logged and the
+/// routers carry on).
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Netlink setup or interface lookup failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// A socket could not be opened.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// A router configuration is invalid.
+    #[error("VRID {vrid}: {source}")]
+    Config {
+        /// The instance.
+        vrid: u8,
+        /// What is wrong.
+        #[source]
+        source: ConfigError,
+    },
+    /// Two instances with one VRID on one interface and family.
+    #[error("VRID {vrid} configured twice on {interface}")]
+    DuplicateVrid {
+        /// The VRID.
+        vrid: u8,
+        /// The interface.
+        interface: String,
+    },
+    /// A fixed lease not longer than the advertisement interval would expire
+    /// between two refreshes.
+    #[error("VRID {vrid}: VIP lease {lease:?} must be longer than the advertisement interval")]
+    LeaseTooShort {
+        /// The instance.
+        vrid: u8,
+        /// The lease.
+        lease: Duration,
+    },
+}
+
+/// Adverts from one socket share one classifier.
+struct Group {
+    ifindex: u32,
+    ipv6: bool,
+    unicast: bool,
+    socket: Arc<VrrpSocket>,
+    classifier: Classifier,
+    announce: Option<PacketSocket>,
+    mac: Option<[u8; 6]>,
+}
+
+struct Instance {
+    config: InstanceConfig,
+    router: VirtualRouter,
+    group: usize,
+    ifindex: u32,
+    vips: Vec<Vip>,
+    rejects: BTreeMap<&'static str, u64>,
+}
+
+impl Instance {
+    fn lifetime(&self) -> VipLifetime {
+        match self.config.lease {
+            VipLease::Off => VipLifetime::Forever,
+            VipLease::Fixed(valid) => VipLifetime::lease(valid),
+            VipLease::Auto => {
+                let down = self.router.master_down_interval();
+                let secs = down.as_secs() + u64::from(down.subsec_nanos() > 0);
+                VipLifetime::lease(Duration::from_secs(secs.max(1)))
+            }
+        }
+    }
+}
+
+/// Runs `configs` until `cancel` fires, then shuts every router down
+/// gracefully: a Master sends one priority-0 advert, then its VIPs are
+/// removed (RFC 3768 §6.4.3).
+pub async fn run(
+    configs: Vec<InstanceConfig>,
+    cancel: CancellationToken,
+) -> Result<(), DriverError> {
+    let mut driver = Driver::start(configs).await?;
+    driver.run(cancel).await;
+    Ok(())
+}
+
+struct Driver {
+    netlink: VipManager,
+    events: LinkEvents,
+    groups: Vec<Group>,
+    instances: Vec<Instance>,
+    packets: mpsc::Receiver<(usize, RecvdPacket)>,
+    receivers: JoinSet<()>,
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Driver {
+    async fn start(configs: Vec<InstanceConfig>) -> Result<Driver, DriverError> {
+        let netlink = VipManager::new()?;
+        // Subscribe before reading any state, so no change falls in between.
+        let events = LinkEvents::subscribe()?;
+        let mut groups: Vec<Group> = Vec::new();
+        let mut instances = Vec::new();
+        let mut oper_up = HashMap::new();
+        for config in configs {
+            let vrid = config.router.vrid;
+            let router = VirtualRouter::new(config.router.clone())
+                .map_err(|source| DriverError::Config { vrid, source })?;
+            if let VipLease::Fixed(lease) = config.lease
+                && lease <= config.router.advert_interval.to_duration()
+            {
+                return Err(DriverError::LeaseTooShort { vrid, lease });
+            }
+            let interface = netlink.interface(&config.interface).await?;
+            oper_up.insert(interface.index, interface.oper_up);
+            let ipv6 = config.router.primary_ip.is_ipv6();
+            let unicast = !config.unicast_peers.is_empty();
+            let group = match groups.iter().position(|g| {
+                g.ifindex == interface.index && g.ipv6 == ipv6 && g.unicast == unicast
+            }) {
+                Some(g) => g,
+                None => {
+                    let socket = if ipv6 {
+                        VrrpSocket::open_v6(interface.index, &interface.name)?
+                    } else {
+                        VrrpSocket::open_v4(interface.index, &interface.name)?
+                    };
+                    let own = netlink
+                        .addresses(interface.index)
+                        .await?
+                        .into_iter()
+                        .map(|a| a.addr)
+                        .collect();
+                    let announce = match interface.mac {
+                        Some(_) => Some(PacketSocket::open(interface.index, 0)?),
+                        None => None,
+                    };
+                    groups.push(Group {
+                        ifindex: interface.index,
+                        ipv6,
+                        unicast,
+                        socket: Arc::new(socket),
+                        classifier: Classifier::new(own, unicast.then(Vec::new)),
+                        announce,
+                        mac: interface.mac,
+                    });
+                    groups.len() - 1
+                }
+            };
+            if instances
+                .iter()
+                .any(|i: &Instance| i.group == group && i.config.router.vrid == vrid)
+            {
+                return Err(DriverError::DuplicateVrid {
+                    vrid,
+                    interface: config.interface,
+                });
+            }
+            if let Some(g) = groups.get_mut(group) {
+                g.classifier.own_addrs.push(config.router.primary_ip);
+                if let Some(peers) = g.classifier.unicast_peers.as_mut() {
+                    // The socket accepts every instance's peers; each
+                    // instance then checks its own list.
+                    peers.extend(config.unicast_peers.iter().copied());
+                }
+            }
+            let vips = config.vips();
+            // A VIP still on the interface was left by a crashed run; we
+            // start as Backup and must not answer for it.
+            let removed = netlink.remove_stale(interface.index, &vips).await?;
+            if !removed.is_empty() {
+                warn!(component = "vrrp", vrid, interface = %config.interface, ?removed,
+                    "removed VIPs left on the interface by a previous run");
+            }
+            instances.push(Instance {
+                config,
+                router,
+                group,
+                ifindex: interface.index,
+                vips,
+                rejects: BTreeMap::new(),
+            });
+        }
+
+        let (tx, packets) = mpsc::channel(256);
+        let mut receivers = JoinSet::new();
+        for (index, group) in groups.iter().enumerate() {
+            let socket = Arc::clone(&group.socket);
+            let tx = tx.clone();
+            receivers.spawn(async move {
+                // Ends when the driver drops the receiving side, or on a
+                // socket error (logged).
+                loop {
+                    match socket.recv().await {
+                        Ok(packet) => {
+                            if tx.send((index, packet)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(component = "vrrp", ifindex = socket.ifindex(), error = %e, "receive failed; socket closed");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+
+        let mut driver = Driver {
+            netlink,
+            events,
+            groups,
+            instances,
+            packets,
+            receivers,
+        };
+        let t = now();
+        for index in 0..driver.instances.len() {
+            let Some(instance) = driver.instances.get_mut(index) else {
+                continue;
+            };
+            let mut actions = instance.router.start(t);
+            if oper_up.get(&instance.ifindex) == Some(&false) {
+                actions.extend(instance.router.link_down(t));
+            }
+            driver.apply(index, actions).await;
+        }
+        Ok(driver)
+    }
+
+    async fn run(&mut self, cancel: CancellationToken) {
+        loop {
+            let deadline = self
+                .instances
+                .iter()
+                .filter_map(|i| i.router.poll_timeout())
+                .min();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                Some((group, packet)) = self.packets.recv() => self.on_packet(group, packet).await,
+                Some(event) = self.events.next() => self.on_link_event(event).await,
+                () = sleep => self.on_timeout().await,
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        let t = now();
+        for index in 0..self.instances.len() {
+            let Some(instance) = self.instances.get_mut(index) else {
+                continue;
+            };
+            let actions = instance.router.shutdown(t);
+            self.apply(index, actions).await;
+            // Whatever the state, leave no VIP and no label behind.
+            self.remove_vips(index).await;
+        }
+        self.receivers.abort_all();
+    }
+
+    async fn on_timeout(&mut self) {
+        let t = now();
+        for index in 0..self.instances.len() {
+            let Some(instance) = self.instances.get_mut(index) else {
+                continue;
+            };
+            if instance.router.poll_timeout().is_some_and(|at| at <= t) {
+                let actions = instance.router.handle_timeout(t);
+                self.apply(index, actions).await;
+            }
+        }
+    }
+
+    async fn on_packet(&mut self, group_index: usize, packet: RecvdPacket) {
+        let Some(group) = self.groups.get_mut(group_index) else {
+            return;
+        };
+        let advert = match group.classifier.classify(&packet) {
+            Ok(advert) => advert,
+            Err(reason) => {
+                debug!(component = "vrrp", ifindex = group.ifindex, src = %packet.src, reason = reason.reason(), "advert dropped");
+                return;
+            }
+        };
+        let Some(index) = self
+            .instances
+            .iter()
+            .position(|i| i.group == group_index && i.config.router.vrid == advert.vrid)
+        else {
+            debug!(component = "vrrp", vrid = advert.vrid, src = %packet.src, "advert for a VRID not configured here");
+            return;
+        };
+        let Some(instance) = self.instances.get_mut(index) else {
+            return;
+        };
+        if !instance.config.unicast_peers.is_empty()
+            && !instance.config.unicast_peers.contains(&packet.src)
+        {
+            *instance.rejects.entry("not_a_peer").or_insert(0) += 1;
+            return;
+        }
+        match instance.router.receive(now(), packet.src, &advert) {
+            Ok(actions) => self.apply(index, actions).await,
+            Err(reason) => {
+                *instance.rejects.entry(reason.reason()).or_insert(0) += 1;
+                debug!(component = "vrrp", vrid = advert.vrid, src = %packet.src, reason = reason.reason(), "advert rejected");
+            }
+        }
+    }
+
+    async fn on_link_event(&mut self, event: LinkEvent) {
+        let t = now();
+        for index in 0..self.instances.len() {
+            let Some(instance) = self.instances.get_mut(index) else {
+                continue;
+            };
+            let actions = match event {
+                LinkEvent::LinkDown(i) | LinkEvent::LinkDeleted(i) if i == instance.ifindex => {
+                    instance.router.link_down(t)
+                }
+                LinkEvent::LinkUp(i) if i == instance.ifindex => instance.router.link_up(t),
+                LinkEvent::AddressRemoved(i, addr)
+                    if i == instance.ifindex
+                        && instance.router.state() == State::Master
+                        && instance.vips.iter().any(|v| v.addr == addr) =>
+                {
+                    warn!(component = "vrrp", vrid = instance.config.router.vrid, %addr,
+                        "VIP removed from the interface while Master; putting it back");
+                    self.add_vips(index).await;
+                    continue;
+                }
+                _ => continue,
+            };
+            self.apply(index, actions).await;
+        }
+    }
+
+    async fn apply(&mut self, index: usize, actions: Vec<Action>) {
+        for action in actions {
+            let Some(instance) = self.instances.get(index) else {
+                return;
+            };
+            let vrid = instance.config.router.vrid;
+            match action {
+                Action::StateChanged { from, to, reason } => {
+                    info!(component = "vrrp", vrid, interface = %instance.config.interface, %from, %to, %reason, "state changed");
+                }
+                Action::AddVips => self.add_vips(index).await,
+                Action::RemoveVips => self.remove_vips(index).await,
+                Action::Send(advert) => {
+                    self.send(index, &advert).await;
+                    // Each advert a Master sends renews the VIP lease.
+                    let renew = self.instances.get(index).is_some_and(|i| {
+                        i.router.state() == State::Master && i.config.lease != VipLease::Off
+                    });
+                    if renew {
+                        self.add_vips(index).await;
+                    }
+                }
+                Action::Announce { repeat } => self.announce(index, repeat).await,
+            }
+        }
+    }
+
+    async fn send(&self, index: usize, advert: &crate::wire::Advert) {
+        let Some(instance) = self.instances.get(index) else {
+            return;
+        };
+        let Some(group) = self.groups.get(instance.group) else {
+            return;
+        };
+        let src = instance.config.router.primary_ip;
+        let multicast = [if group.ipv6 {
+            IpAddr::V6(MULTICAST_V6)
+        } else {
+            IpAddr::V4(MULTICAST_V4)
+        }];
+        let destinations: &[IpAddr] = if instance.config.unicast_peers.is_empty() {
+            &multicast
+        } else {
+            &instance.config.unicast_peers
+        };
+        let mut buf = vec![0; advert.buffer_len()];
+        for &dst in destinations {
+            let len = match advert.emit(src, dst, &mut buf) {
+                Ok(len) => len,
+                Err(e) => {
+                    warn!(component = "vrrp", vrid = advert.vrid, error = %e, "cannot encode advert");
+                    return;
+                }
+            };
+            if let Err(e) = group
+                .socket
+                .send(buf.get(..len).unwrap_or_default(), src, dst)
+                .await
+            {
+                warn!(component = "vrrp", vrid = advert.vrid, error = %e, "cannot send advert");
+            }
+        }
+    }
+
+    async fn add_vips(&self, index: usize) {
+        let Some(instance) = self.instances.get(index) else {
+            return;
+        };
+        let lifetime = instance.lifetime();
+        for vip in &instance.vips {
+            if let Err(e) = self.netlink.add_vip(instance.ifindex, *vip, lifetime).await {
+                warn!(component = "vrrp", vrid = instance.config.router.vrid, %vip, error = %e, "cannot add VIP");
+            }
+            if let (IpAddr::V6(addr), Some(label)) = (vip.addr, instance.config.ipv6_addr_label)
+                && let Err(e) = self.netlink.add_addr_label(addr, 128, label).await
+            {
+                warn!(component = "vrrp", vrid = instance.config.router.vrid, %vip, error = %e, "cannot add address label");
+            }
+        }
+    }
+
+    async fn remove_vips(&self, index: usize) {
+        let Some(instance) = self.instances.get(index) else {
+            return;
+        };
+        for vip in &instance.vips {
+            if let Err(e) = self.netlink.remove_vip(instance.ifindex, vip.addr).await {
+                warn!(component = "vrrp", vrid = instance.config.router.vrid, %vip, error = %e, "cannot remove VIP");
+            }
+            if let (IpAddr::V6(addr), Some(label)) = (vip.addr, instance.config.ipv6_addr_label)
+                && let Err(e) = self.netlink.remove_addr_label(addr, 128, label).await
+            {
+                warn!(component = "vrrp", vrid = instance.config.router.vrid, %vip, error = %e, "cannot remove address label");
+            }
+        }
+    }
+
+    async fn announce(&self, index: usize, repeat: u32) {
+        let Some(instance) = self.instances.get(index) else {
+            return;
+        };
+        let Some(group) = self.groups.get(instance.group) else {
+            return;
+        };
+        let (Some(socket), Some(mac)) = (&group.announce, group.mac) else {
+            debug!(
+                component = "vrrp",
+                vrid = instance.config.router.vrid,
+                "no Ethernet address: nothing to announce"
+            );
+            return;
+        };
+        let mut frame = [0u8; if GARP_FRAME_LEN > UNSOLICITED_NA_FRAME_LEN {
+            GARP_FRAME_LEN
+        } else {
+            UNSOLICITED_NA_FRAME_LEN
+        }];
+        for vip in &instance.vips {
+            let built = match vip.addr {
+                IpAddr::V4(addr) => gratuitous_arp(mac, addr, &mut frame),
+                IpAddr::V6(addr) => unsolicited_na(mac, addr, &mut frame),
+            };
+            let len = match built {
+                Ok(len) => len,
+                Err(e) => {
+                    warn!(component = "vrrp", vrid = instance.config.router.vrid, error = %e, "cannot build announcement");
+                    continue;
+                }
+            };
+            for _ in 0..repeat {
+                if let Err(e) = socket.send(frame.get(..len).unwrap_or_default()).await {
+                    warn!(component = "vrrp", vrid = instance.config.router.vrid, %vip, error = %e, "cannot send announcement");
+                    break;
+                }
+            }
+        }
+    }
+}
