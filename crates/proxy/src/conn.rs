@@ -35,19 +35,16 @@ async fn connect_one(addr: SocketAddr, keepalive: Duration) -> std::io::Result<T
 async fn connect(shared: &Shared, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
     let timeout = shared.config.connect_timeout;
     for addr in shared.candidates() {
-        let reason = match tokio::time::timeout(timeout, connect_one(addr, shared.config.keepalive))
-            .await
-        {
-            Ok(Ok(stream)) => {
+        let attempt = connect_one(addr, shared.config.keepalive);
+        let reason = match shared.connect_clock.timeout(timeout, attempt).await {
+            Ok(stream) => {
                 shared.connect_succeeded(addr);
                 return Some((stream, addr));
             }
-            Ok(Err(e)) => {
-                let reason = ConnectErrorReason::from_io(&e);
+            Err(e) => {
                 debug!(component = "proxy", %peer, backend = %addr, error = %e, "failed to connect to backend");
-                reason
+                ConnectErrorReason::from_io(&e)
             }
-            Err(_) => ConnectErrorReason::Timeout,
         };
         shared.counters(addr).connect_error(reason);
         shared.connect_failed(addr, reason.as_str());

@@ -22,6 +22,7 @@
 pub mod backends;
 mod conn;
 mod copy;
+mod deadline;
 mod error;
 mod listener;
 mod shared;

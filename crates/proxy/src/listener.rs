@@ -77,6 +77,10 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
+    let clock = tokio::spawn({
+        let shared = Arc::clone(&shared);
+        async move { shared.connect_clock.run().await }
+    });
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -133,6 +137,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: 
         tracker.wait().await;
     }
     shared.force_close.cancel();
+    clock.abort();
     info!(component = "proxy", "stopped");
 }
 

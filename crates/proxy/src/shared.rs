@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::ProxyConfig;
 use crate::backends::{BackendSet, PassiveHealth};
+use crate::deadline::ConnectClock;
 use crate::stats::{BackendCounters, BackendStats, StatsRegistry};
 
 /// Reads the clock through tokio so paused-time tests drive it.
@@ -42,6 +43,7 @@ pub(crate) struct Shared {
     removal_generation: AtomicU64,
     /// Parent of every removal token: cancelled when the drain deadline ends.
     pub(crate) force_close: CancellationToken,
+    pub(crate) connect_clock: ConnectClock,
     runtime: tokio::runtime::Handle,
 }
 
@@ -53,6 +55,7 @@ impl Shared {
     ) -> Self {
         let window = config.passive_health_window;
         Self {
+            connect_clock: ConnectClock::new(config.connect_timeout),
             config,
             backends: watch::Sender::new(Arc::new(initial)),
             next_ticket: AtomicUsize::new(0),

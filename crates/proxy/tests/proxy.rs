@@ -233,6 +233,43 @@ async fn dead_backend_is_skipped_and_client_served() {
     assert_eq!(served, 30);
 }
 
+/// A loopback "blackhole": a listener whose accept queue is full and never
+/// drained, so the kernel drops further SYNs and connects hang.
+fn blackhole() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    // Fill the queue (backlog 0 admits one); the next SYNs are dropped.
+    let fillers = (0..2)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
+        })
+        .collect();
+    (socket, fillers, addr)
+}
+
+#[tokio::test]
+async fn connect_timeout_moves_on_to_next_backend() {
+    init_tracing();
+    let live = EchoBackend::start(9).await;
+    let (_hole, _fillers, hole) = blackhole();
+    let mut cfg = config(vec![hole, live.addr]);
+    cfg.connect_timeout = Duration::from_millis(200);
+    let proxy = start(cfg).await;
+    for i in 0..4u64 {
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        assert_eq!(exchange(stream, payload(i, 10)).await, 9);
+    }
+    let stats = proxy.handle.stats();
+    let hole_stats = stats.iter().find(|s| s.addr == hole).unwrap();
+    // Timed out once, then skipped by passive health.
+    assert_eq!(hole_stats.connect_errors_timeout, 1, "{hole_stats:?}");
+    assert_eq!(stats.iter().map(|s| s.connections_total).sum::<u64>(), 4);
+}
+
 #[tokio::test]
 async fn all_backends_dead_closes_client() {
     init_tracing();
