@@ -191,6 +191,20 @@ impl Running {
         );
     }
 
+    /// Waits until exactly `n` checker tasks are alive (a cancelled checker
+    /// ends at its next await point), at most `bound`.
+    async fn wait_for_checkers(&self, n: usize, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while self.reconciler.active_checkers() != n {
+            assert!(
+                Instant::now() < deadline,
+                "{} checkers alive, expected {n}",
+                self.reconciler.active_checkers()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Cancels and checks that `run` returns promptly with no task left.
     async fn shutdown(self) {
         self.cancel.cancel();
@@ -213,7 +227,7 @@ async fn initial_list_then_adds_and_removes() {
         "initial list",
     )
     .await;
-    assert_eq!(r.reconciler.active_checkers(), 2);
+    r.wait_for_checkers(2, CHANGE_BOUND).await;
 
     lab.set(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
     r.wait_for(
@@ -230,7 +244,7 @@ async fn initial_list_then_adds_and_removes() {
         "removed endpoint",
     )
     .await;
-    assert_eq!(r.reconciler.active_checkers(), 2);
+    r.wait_for_checkers(2, CHANGE_BOUND).await;
     r.shutdown().await;
 }
 
@@ -465,14 +479,7 @@ async fn all_unhealthy_fails_open() {
         "an empty endpoint list must not empty the proxy"
     );
     assert_eq!(*r.rx.borrow(), lab.backends(&["127.0.0.2"]));
-    let deadline = Instant::now() + CHANGE_BOUND;
-    while r.reconciler.active_checkers() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "checkers of removed addresses still run"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    r.wait_for_checkers(0, CHANGE_BOUND).await;
     r.shutdown().await;
 }
 
