@@ -3,15 +3,19 @@
 //! `ip -j addr`, never from the driver. Needs root and iproute2.
 #![cfg(feature = "io")]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cplb_e2e::{Lab, in_netns, wait_until};
 use cplb_vrrp::fsm::Config;
-use cplb_vrrp::io::driver::{DEFAULT_ADDR_LABEL, InstanceConfig, run};
+use cplb_vrrp::fsm::State;
+use cplb_vrrp::io::driver::{DEFAULT_ADDR_LABEL, InstanceConfig, InstanceStatus, run_with_status};
 use cplb_vrrp::io::netlink::Vip;
-use cplb_vrrp::wire::Version;
+use cplb_vrrp::io::socket::{ETH_P_ARP, PacketSocket};
+use cplb_vrrp::wire::{Advert, Auth, Centis, Version};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -22,12 +26,20 @@ struct Router {
     stop: CancellationToken,
     /// Abrupt stop: the driver is dropped mid-flight, like a SIGKILL.
     kill: CancellationToken,
+    /// What the driver publishes about its instances.
+    status: watch::Receiver<Vec<InstanceStatus>>,
     thread: Option<JoinHandle<String>>,
 }
 
 impl Router {
     fn spawn(netns: &str, configs: Vec<InstanceConfig>) -> Router {
+        // RUST_LOG=debug shows the driver's logs in failing tests.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let (stop, kill) = (CancellationToken::new(), CancellationToken::new());
+        let (status_tx, status) = watch::channel(Vec::new());
         let (stop2, kill2, netns) = (stop.clone(), kill.clone(), netns.to_owned());
         let thread = std::thread::spawn(move || {
             in_netns(&netns, move || {
@@ -37,7 +49,7 @@ impl Router {
                     .unwrap();
                 runtime.block_on(async {
                     tokio::select! {
-                        result = run(configs, stop2) => match result {
+                        result = run_with_status(configs, stop2, status_tx) => match result {
                             Ok(()) => "stopped".to_owned(),
                             Err(e) => format!("failed: {e}"),
                         },
@@ -50,8 +62,26 @@ impl Router {
         Router {
             stop,
             kill,
+            status,
             thread: Some(thread),
         }
+    }
+
+    /// Waits until the published status of `vrid` satisfies `want`.
+    fn wait_status(
+        &self,
+        vrid: u8,
+        what: &str,
+        want: impl Fn(&InstanceStatus) -> bool,
+    ) -> InstanceStatus {
+        cplb_e2e::wait_for(what, WAIT, || {
+            self.status
+                .borrow()
+                .iter()
+                .find(|s| s.vrid == vrid && want(s))
+                .cloned()
+        })
+        .unwrap()
     }
 
     fn join(&mut self) -> String {
@@ -252,4 +282,150 @@ fn ipv6_vrrpv3_vips_are_nodad_and_labelled() {
     assert!(labelled(&t.b));
     assert_eq!(b.stop(), "stopped");
     assert!(!labelled(&t.b));
+}
+
+#[test]
+fn unicast_and_multicast_instances_share_one_process() {
+    let t = Pair::new();
+    let (vip_u, vip_m) = (ip("192.0.2.110"), ip("192.0.2.111"));
+    let instances = |me: &str, peer: &str, unicast_priority: u8, multicast_priority: u8| {
+        let mut unicast = v2_instance(71, unicast_priority, me, "192.0.2.110", 24);
+        unicast.unicast_peers = vec![ip(peer)];
+        let mut multicast = Config::new(Version::V3, 72, ip(me), vec![vip_m]);
+        multicast.priority = multicast_priority;
+        vec![unicast, InstanceConfig::new(multicast, "eth0")]
+    };
+    // A leads the unicast instance, B the multicast one.
+    let a = Router::spawn(&t.a, instances("192.0.2.1", "192.0.2.2", 200, 100));
+    let b = Router::spawn(&t.b, instances("192.0.2.2", "192.0.2.1", 100, 200));
+    t.wait_holder(&t.a, vip_u);
+    t.wait_holder(&t.b, vip_m);
+    a.wait_status(72, "A backup for VRID 72", |s| s.state == State::Backup);
+    b.wait_status(71, "B backup for VRID 71", |s| s.state == State::Backup);
+}
+
+/// Sends a VRRPv2 advert from `netns` to `dst` with the given TTL, through
+/// a plain raw socket, not the code under test.
+fn inject_v2(netns: &str, dst: &str, ttl: u32, vrid: u8, priority: u8, vip: &str, corrupt: bool) {
+    let advert = Advert {
+        version: Version::V2,
+        vrid,
+        priority,
+        interval: Centis::from_secs(1),
+        auth: Auth::None,
+        addrs: vec![ip(vip)],
+    };
+    let mut buf = vec![0; advert.buffer_len()];
+    let n = advert.emit(ip("192.0.2.2"), ip(dst), &mut buf).unwrap();
+    buf.truncate(n);
+    if corrupt {
+        buf[1] ^= 0x01;
+    }
+    let dst: SocketAddrV4 = format!("{dst}:0").parse().unwrap();
+    in_netns(netns, move || {
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
+        socket.set_ttl_v4(ttl).unwrap();
+        socket.send_to(&buf, &SockAddr::from(dst)).unwrap();
+    })
+    .unwrap();
+}
+
+#[test]
+fn adverts_failing_wire_checks_change_nothing() {
+    let t = Pair::new();
+    let vip = ip("192.0.2.120");
+    let a = Router::spawn(
+        &t.a,
+        vec![v2_instance(81, 100, "192.0.2.1", "192.0.2.120", 24)],
+    );
+    a.wait_status(81, "A master", |s| s.state == State::Master);
+    t.wait_holder(&t.a, vip);
+
+    // A higher priority that crossed a router (TTL 254), and one with a bad
+    // checksum: both dropped with their reason, A stays Master.
+    inject_v2(&t.b, "192.0.2.1", 254, 81, 254, "192.0.2.120", false);
+    a.wait_status(81, "a bad_ttl drop", |s| {
+        s.wire_drops.get("bad_ttl") == Some(&1)
+    });
+    inject_v2(&t.b, "192.0.2.1", 255, 81, 254, "192.0.2.120", true);
+    let status = a.wait_status(81, "a bad_checksum drop", |s| {
+        s.wire_drops.get("bad_checksum") == Some(&1)
+    });
+    assert_eq!(status.state, State::Master);
+    assert!(t.holds(&t.a, vip));
+
+    // The same advert intact does make A step down: the injection path works.
+    inject_v2(&t.b, "192.0.2.1", 255, 81, 254, "192.0.2.120", false);
+    a.wait_status(81, "A backup after a valid higher-priority advert", |s| {
+        s.state == State::Backup
+    });
+    wait_until("A releases the VIP", WAIT, || !t.holds(&t.a, vip)).unwrap();
+    // Nobody advertises afterwards: A takes over again.
+    a.wait_status(81, "A master again", |s| s.state == State::Master);
+}
+
+#[test]
+fn a_new_master_sends_two_bursts_of_five_gratuitous_arps() {
+    let t = Pair::new();
+    let vip: Ipv4Addr = "192.0.2.130".parse().unwrap();
+    let b_link = t.lab.link(&t.b, "eth0").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = runtime.handle().clone();
+    let capture = in_netns(&t.b, move || {
+        let _guard = handle.enter();
+        PacketSocket::open(b_link.ifindex, ETH_P_ARP).unwrap()
+    })
+    .unwrap();
+
+    let _a = Router::spawn(
+        &t.a,
+        vec![v2_instance(91, 150, "192.0.2.1", "192.0.2.130", 24)],
+    );
+    let count = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let mut seen = 0;
+            let mut buf = [0u8; 128];
+            // keepalived's default: 5 at once and 5 more 5 s later.
+            while seen < 10 {
+                let n = capture.recv(&mut buf).await.unwrap();
+                // ARP request whose sender and target address are the VIP.
+                if n >= 42
+                    && buf[20..22] == [0, 1]
+                    && buf[28..32] == vip.octets()
+                    && buf[38..42] == vip.octets()
+                {
+                    seen += 1;
+                }
+            }
+            seen
+        })
+        .await
+    });
+    assert_eq!(count, Ok(10), "two bursts of five gratuitous ARPs");
+}
+
+#[test]
+fn unicast_adverts_from_unconfigured_peers_are_ignored() {
+    let t = Pair::new();
+    let vip = ip("192.0.2.140");
+    let mut strict = v2_instance(73, 100, "192.0.2.2", "192.0.2.140", 24);
+    // A is not among B's peers, so B never hears a Master.
+    strict.unicast_peers = vec![ip("192.0.2.9")];
+    let mut leader = v2_instance(73, 200, "192.0.2.1", "192.0.2.140", 24);
+    leader.unicast_peers = vec![ip("192.0.2.2")];
+    let a = Router::spawn(&t.a, vec![leader]);
+    let b = Router::spawn(&t.b, vec![strict]);
+    a.wait_status(73, "A master", |s| s.state == State::Master);
+    b.wait_status(73, "B drops A's adverts", |s| {
+        s.wire_drops.get("not_a_peer").is_some_and(|&n| n > 0)
+    });
+    // Not following A, B ends up Master as well.
+    b.wait_status(73, "B master too", |s| s.state == State::Master);
+    wait_until("both hold the VIP", WAIT, || {
+        t.holds(&t.a, vip) && t.holds(&t.b, vip)
+    })
+    .unwrap();
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -170,6 +170,22 @@ impl Instance {
     }
 }
 
+/// What one instance is doing, published by [`run_with_status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceStatus {
+    /// The VRID.
+    pub vrid: u8,
+    /// The interface.
+    pub interface: String,
+    /// The router's state.
+    pub state: State,
+    /// Received packets dropped before reaching any router, by reason
+    /// (TTL, own address, decode errors...), on this instance's socket.
+    pub wire_drops: BTreeMap<&'static str, u64>,
+    /// Adverts for this VRID the router rejected, by reason.
+    pub rejects: BTreeMap<&'static str, u64>,
+}
+
 /// Runs `configs` until `cancel` fires, then shuts every router down
 /// gracefully: a Master sends one priority-0 advert, then its VIPs are
 /// removed (RFC 3768 §6.4.3).
@@ -177,7 +193,19 @@ pub async fn run(
     configs: Vec<InstanceConfig>,
     cancel: CancellationToken,
 ) -> Result<(), DriverError> {
-    let mut driver = Driver::start(configs).await?;
+    let mut driver = Driver::start(configs, None).await?;
+    driver.run(cancel).await;
+    Ok(())
+}
+
+/// [`run`], publishing every instance's [`InstanceStatus`] on `status`
+/// whenever it changes.
+pub async fn run_with_status(
+    configs: Vec<InstanceConfig>,
+    cancel: CancellationToken,
+    status: watch::Sender<Vec<InstanceStatus>>,
+) -> Result<(), DriverError> {
+    let mut driver = Driver::start(configs, Some(status)).await?;
     driver.run(cancel).await;
     Ok(())
 }
@@ -189,6 +217,7 @@ struct Driver {
     instances: Vec<Instance>,
     packets: mpsc::Receiver<(usize, RecvdPacket)>,
     receivers: JoinSet<()>,
+    status: Option<watch::Sender<Vec<InstanceStatus>>>,
 }
 
 fn now() -> Instant {
@@ -196,7 +225,10 @@ fn now() -> Instant {
 }
 
 impl Driver {
-    async fn start(configs: Vec<InstanceConfig>) -> Result<Driver, DriverError> {
+    async fn start(
+        configs: Vec<InstanceConfig>,
+        status: Option<watch::Sender<Vec<InstanceStatus>>>,
+    ) -> Result<Driver, DriverError> {
         let netlink = VipManager::new()?;
         // Subscribe before reading any state, so no change falls in between.
         let events = LinkEvents::subscribe()?;
@@ -314,6 +346,7 @@ impl Driver {
             instances,
             packets,
             receivers,
+            status,
         };
         let t = now();
         for index in 0..driver.instances.len() {
@@ -326,7 +359,34 @@ impl Driver {
             }
             driver.apply(index, actions).await;
         }
+        driver.publish();
         Ok(driver)
+    }
+
+    fn publish(&self) {
+        let Some(status) = &self.status else { return };
+        let current: Vec<InstanceStatus> = self
+            .instances
+            .iter()
+            .map(|i| InstanceStatus {
+                vrid: i.config.router.vrid,
+                interface: i.config.interface.clone(),
+                state: i.router.state(),
+                wire_drops: self
+                    .groups
+                    .get(i.group)
+                    .map(|g| g.classifier.drops().clone())
+                    .unwrap_or_default(),
+                rejects: i.rejects.clone(),
+            })
+            .collect();
+        status.send_if_modified(|published| {
+            let changed = *published != current;
+            if changed {
+                *published = current;
+            }
+            changed
+        });
     }
 
     async fn run(&mut self, cancel: CancellationToken) {
@@ -349,8 +409,10 @@ impl Driver {
                 Some(event) = self.events.next() => self.on_link_event(event).await,
                 () = sleep => self.on_timeout().await,
             }
+            self.publish();
         }
         self.shutdown().await;
+        self.publish();
     }
 
     async fn shutdown(&mut self) {
