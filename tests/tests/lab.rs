@@ -125,3 +125,23 @@ fn exec_in_runs_inside_the_namespace_and_in_netns_enters_it() {
     assert!(bound);
     assert!(std::net::UdpSocket::bind("192.0.2.20:0").is_err());
 }
+
+#[test]
+fn cleanup_stale_removes_only_namespaces_of_dead_processes() {
+    // A pid above any kernel's pid_max: that process cannot exist.
+    let stale = format!("{}4000000000-0-br", cplb_e2e::NETNS_PREFIX);
+    std::process::Command::new("ip")
+        .args(["netns", "add", &stale])
+        .status()
+        .unwrap();
+    let lab = Lab::new().unwrap();
+
+    let deleted = cplb_e2e::cleanup_stale().unwrap();
+    assert!(deleted.contains(&stale), "{deleted:?}");
+    assert!(list_netns(&stale).unwrap().is_empty());
+    assert_eq!(
+        list_netns(lab.prefix()).unwrap().len(),
+        1,
+        "a live lab is left alone"
+    );
+}
