@@ -158,9 +158,12 @@ impl Running {
 
     /// Waits until the published set equals `expected`, at most `bound`.
     async fn wait_for(&mut self, expected: &Backends, bound: Duration, what: &str) {
-        let deadline = Instant::now() + bound;
+        let start = Instant::now();
+        let deadline = start + bound;
         loop {
             if *self.rx.borrow_and_update() == *expected {
+                // Visible with --nocapture: how long each step took.
+                eprintln!("{what}: published after {:?}", start.elapsed());
                 return;
             }
             let Ok(changed) = tokio::time::timeout_at(deadline, self.rx.changed()).await else {
@@ -594,4 +597,30 @@ async fn bad_configuration_is_rejected() {
     };
     let error = Reconciler::new(missing).await.unwrap_err();
     assert!(error.to_string().contains("missing.conf"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_address_families() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let lab = Lab::start(&["127.0.0.1", "::1"], "127.0.0.1", ServerOptions::default()).await;
+    // One IPv4 slice and one IPv6 slice, as a dual-stack apiserver writes them.
+    lab.set(&["127.0.0.1", "::1"]);
+    let mut r = Running::start(lab.config(Source::Auto)).await;
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "::1"]),
+        SLOW_BOUND,
+        "dual stack",
+    )
+    .await;
+    lab.server("::1").faults().set_fail_readiness(true);
+    r.wait_for(
+        &lab.backends(&["127.0.0.1"]),
+        CHANGE_BOUND,
+        "IPv6 backend failing",
+    )
+    .await;
+    r.shutdown().await;
 }
