@@ -431,6 +431,7 @@ impl Future for Connection {
         let to_backend = |n| counters.add_to_backend(n);
         let from_backend = |n| counters.add_from_backend(n);
         let mut progressed = false;
+        let mut waiting = false;
         for _ in 0..MAX_PASSES {
             let (up_done, down_done) = (up.done, down.done);
             let a = up.poll_step(cx, client, backend, down_done, &to_backend, *path);
@@ -439,7 +440,11 @@ impl Future for Connection {
                 (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => {
                     return Poll::Ready(End::Error(e));
                 }
-                (Poll::Pending, Poll::Pending) => break,
+                (Poll::Pending, Poll::Pending) => {
+                    // Both sockets now hold our waker.
+                    waiting = true;
+                    break;
+                }
                 _ => progressed = true,
             }
             if up.done && down.done {
@@ -454,7 +459,7 @@ impl Future for Connection {
                 return Poll::Ready(End::IdleTimeout);
             }
         }
-        if progressed {
+        if !waiting {
             // Passes exhausted with work left: yield, then come back.
             cx.waker().wake_by_ref();
         }

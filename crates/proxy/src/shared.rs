@@ -105,12 +105,20 @@ impl Shared {
     }
 
     /// Token that fires when connections to `addr` must be closed.
-    pub(crate) fn removal_token(&self, addr: SocketAddr) -> CancellationToken {
-        let mut tokens = lock(&self.removal_tokens);
-        tokens
+    pub(crate) fn removal_token(self: &Arc<Self>, addr: SocketAddr) -> CancellationToken {
+        let token = lock(&self.removal_tokens)
             .entry(addr)
             .or_insert_with(|| self.force_close.child_token())
-            .clone()
+            .clone();
+        // A connect that started before `addr` left the set can finish after
+        // that removal's timer fired: give this connection its own grace.
+        if let Some(grace) = self.config.removed_backend_grace
+            && !self.current().contains(&addr)
+            && !lock(&self.pending_removals).contains_key(&addr)
+        {
+            self.schedule_close(addr, grace);
+        }
+        token
     }
 
     pub(crate) fn set_backends(self: &Arc<Self>, addrs: Vec<SocketAddr>) -> bool {
