@@ -74,12 +74,17 @@ fn opt<T: std::str::FromStr>(opts: &Opts, key: &str, default: T) -> Res<T> {
 fn addrs(list: &str) -> Res<Vec<SocketAddr>> {
     list.split(',')
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|e| format!("bad address {s}: {e}").into()))
+        .map(|s| {
+            s.parse()
+                .map_err(|e| format!("bad address {s}: {e}").into())
+        })
         .collect()
 }
 
 fn current_thread() -> Res<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 // ---------------------------------------------------------------- backends
@@ -288,7 +293,8 @@ fn short(opts: &Opts) -> Res<()> {
                         return lat_us;
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize % targets.len();
-                    let r = tokio::time::timeout(Duration::from_secs(5), one_request(targets[i])).await;
+                    let r =
+                        tokio::time::timeout(Duration::from_secs(5), one_request(targets[i])).await;
                     let done = Instant::now();
                     match r {
                         Ok(Ok(())) if t0 >= measure_from && done <= end => {
@@ -308,7 +314,11 @@ fn short(opts: &Opts) -> Res<()> {
         }
         all.sort_unstable();
         let n = all.len();
-        let pct = |p: f64| all.get(((n as f64 * p) as usize).min(n.saturating_sub(1))).copied().unwrap_or(0);
+        let pct = |p: f64| {
+            all.get(((n as f64 * p) as usize).min(n.saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
         let cpu = cpu_probe.await.ok().flatten();
         json!({
             "conns": n,
@@ -398,7 +408,9 @@ fn idle(opts: &Opts) -> Res<()> {
         }
         let c0 = cpu_secs(pid);
         tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
-        let idle_cpu = c0.zip(cpu_secs(pid)).map(|(a, b)| (b - a) / idle_secs * 100.0);
+        let idle_cpu = c0
+            .zip(cpu_secs(pid))
+            .map(|(a, b)| (b - a) / idle_secs * 100.0);
         let (base, slope) = linear_fit(&points);
         drop(held);
         Res::Ok(json!({
@@ -416,7 +428,9 @@ fn idle(opts: &Opts) -> Res<()> {
 /// Least-squares line through (x, y): returns (intercept, slope).
 fn linear_fit(points: &[(f64, f64)]) -> (f64, f64) {
     let n = points.len() as f64;
-    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
     let (mx, my) = (sx / n, sy / n);
     let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
     let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
@@ -558,7 +572,10 @@ fn haproxy_config(ports: &Ports, front: &Ports, splice: bool) -> String {
         let _ = writeln!(c, "  option splice-request\n  option splice-response");
     }
     let mut section = |name: &str, listen: u16, servers: &[u16]| {
-        let _ = writeln!(c, "\nlisten {name}\n  bind 127.0.0.1:{listen}\n  balance roundrobin");
+        let _ = writeln!(
+            c,
+            "\nlisten {name}\n  bind 127.0.0.1:{listen}\n  balance roundrobin"
+        );
         for (i, p) in servers.iter().enumerate() {
             let _ = writeln!(c, "  server s{i} 127.0.0.1:{p}");
         }
@@ -586,12 +603,25 @@ fn suite(opts: &Opts) -> Res<()> {
     let concurrency: usize = opt(opts, "concurrency", 32)?;
     let idle_max: usize = opt(opts, "idle-max", 9000)?;
     let bulk_bytes: u64 = opt(opts, "bulk-bytes", 1 << 30)?;
-    let client_cpu = opts.get("client-cpu").cloned().unwrap_or_else(|| "0".into());
-    let server_cpu = opts.get("server-cpu").cloned().unwrap_or_else(|| "1".into());
-    let out_dir = PathBuf::from(opts.get("out").cloned().unwrap_or_else(|| "bench/results/proxy".into()));
+    let client_cpu = opts
+        .get("client-cpu")
+        .cloned()
+        .unwrap_or_else(|| "0".into());
+    let server_cpu = opts
+        .get("server-cpu")
+        .cloned()
+        .unwrap_or_else(|| "1".into());
+    let out_dir = PathBuf::from(
+        opts.get("out")
+            .cloned()
+            .unwrap_or_else(|| "bench/results/proxy".into()),
+    );
     std::fs::create_dir_all(&out_dir)?;
     let exe = std::env::current_exe()?;
-    let haproxy = opts.get("haproxy").cloned().unwrap_or_else(|| "haproxy".into());
+    let haproxy = opts
+        .get("haproxy")
+        .cloned()
+        .unwrap_or_else(|| "haproxy".into());
 
     let ports = Ports {
         http: vec![free_port()?, free_port()?, free_port()?],
@@ -621,7 +651,10 @@ fn suite(opts: &Opts) -> Res<()> {
         wait_listening(local(*p).parse()?, &mut backend)?;
     }
 
-    let steps: Vec<String> = [0, 1, 3, 5, 7, 9].iter().map(|k| (k * idle_max / 9).to_string()).collect();
+    let steps: Vec<String> = [0, 1, 3, 5, 7, 9]
+        .iter()
+        .map(|k| (k * idle_max / 9).to_string())
+        .collect();
     // results[target][metric] = values over runs
     let mut results: HashMap<(&'static str, &'static str), Vec<f64>> = HashMap::new();
     let mut record = |t: Target, metric: &'static str, v: Option<f64>| {
@@ -632,24 +665,49 @@ fn suite(opts: &Opts) -> Res<()> {
     let started = Instant::now();
     for run in 1..=runs {
         for target in Target::ALL {
-            eprintln!("[{:>5.0}s] run {run}/{runs}: {}", started.elapsed().as_secs_f64(), target.label());
+            eprintln!(
+                "[{:>5.0}s] run {run}/{runs}: {}",
+                started.elapsed().as_secs_f64(),
+                target.label()
+            );
             let front = Ports {
                 http: vec![free_port()?],
                 bulk: free_port()?,
                 echo: free_port()?,
             };
-            let log = out_dir.join(format!("{}-{run}.log", target.label().replace([' ', '(', ')', '+'], "_")));
+            let log = out_dir.join(format!(
+                "{}-{run}.log",
+                target.label().replace([' ', '(', ')', '+'], "_")
+            ));
             let server: Option<Proc> = match target {
                 Target::Direct => None,
                 Target::Haproxy | Target::HaproxySplice => {
                     let cfg = out_dir.join("haproxy.cfg");
-                    std::fs::write(&cfg, haproxy_config(&ports, &front, target == Target::HaproxySplice))?;
+                    std::fs::write(
+                        &cfg,
+                        haproxy_config(&ports, &front, target == Target::HaproxySplice),
+                    )?;
                     let args = ["-db".into(), "-f".into(), cfg.display().to_string()];
-                    Some(Proc::spawn("haproxy", &server_cpu, Path::new(&haproxy), &args, &log)?)
+                    Some(Proc::spawn(
+                        "haproxy",
+                        &server_cpu,
+                        Path::new(&haproxy),
+                        &args,
+                        &log,
+                    )?)
                 }
                 Target::CplbSplice | Target::CplbCopy => {
-                    let path = if target == Target::CplbCopy { "copy" } else { "splice" };
-                    let http_backends = ports.http.iter().map(|p| local(*p)).collect::<Vec<_>>().join(",");
+                    let path = if target == Target::CplbCopy {
+                        "copy"
+                    } else {
+                        "splice"
+                    };
+                    let http_backends = ports
+                        .http
+                        .iter()
+                        .map(|p| local(*p))
+                        .collect::<Vec<_>>()
+                        .join(",");
                     let args = vec![
                         "proxy".into(),
                         "--data-path".into(),
@@ -666,19 +724,48 @@ fn suite(opts: &Opts) -> Res<()> {
             };
             let (short_targets, bulk_target, echo_target, pid) = match &server {
                 None => (join_addrs(&ports.http), local(ports.bulk), None, 0),
-                Some(p) => (local(front.http[0]), local(front.bulk), Some(local(front.echo)), p.pid()),
+                Some(p) => (
+                    local(front.http[0]),
+                    local(front.bulk),
+                    Some(local(front.echo)),
+                    p.pid(),
+                ),
             };
             if let Some(mut p) = server {
                 for port in [front.http[0], front.bulk, front.echo] {
                     wait_listening(local(port).parse()?, &mut p)?;
                 }
-                let v = run_target(&exe, &client_cpu, pid, &short_targets, &bulk_target, echo_target, target, &steps, short_secs, concurrency, bulk_bytes)?;
+                let v = run_target(
+                    &exe,
+                    &client_cpu,
+                    pid,
+                    &short_targets,
+                    &bulk_target,
+                    echo_target,
+                    target,
+                    &steps,
+                    short_secs,
+                    concurrency,
+                    bulk_bytes,
+                )?;
                 drop(p);
                 for (metric, value) in v {
                     record(target, metric, value);
                 }
             } else {
-                let v = run_target(&exe, &client_cpu, 0, &short_targets, &bulk_target, None, target, &steps, short_secs, concurrency, bulk_bytes)?;
+                let v = run_target(
+                    &exe,
+                    &client_cpu,
+                    0,
+                    &short_targets,
+                    &bulk_target,
+                    None,
+                    target,
+                    &steps,
+                    short_secs,
+                    concurrency,
+                    bulk_bytes,
+                )?;
                 for (metric, value) in v {
                     record(target, metric, value);
                 }
@@ -690,15 +777,29 @@ fn suite(opts: &Opts) -> Res<()> {
     let table = render(&results, runs, concurrency, short_secs, idle_max);
     let path = out_dir.join("results.md");
     std::fs::write(&path, &table)?;
-    let raw: HashMap<String, &Vec<f64>> = results.iter().map(|((t, m), v)| (format!("{t}/{m}"), v)).collect();
-    std::fs::write(out_dir.join("raw.json"), serde_json::to_string_pretty(&raw)?)?;
+    let raw: HashMap<String, &Vec<f64>> = results
+        .iter()
+        .map(|((t, m), v)| (format!("{t}/{m}"), v))
+        .collect();
+    std::fs::write(
+        out_dir.join("raw.json"),
+        serde_json::to_string_pretty(&raw)?,
+    )?;
     io::stdout().write_all(table.as_bytes())?;
-    eprintln!("wrote {} (total {:.0}s)", path.display(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} (total {:.0}s)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn join_addrs(ports: &[u16]) -> String {
-    ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -753,18 +854,37 @@ fn run_target(
     let b = client(
         exe,
         cpu,
-        &["bulk".into(), "--target".into(), bulk_target.into(), "--bytes".into(), bulk_bytes.to_string(), "--pid".into(), pid.to_string()],
+        &[
+            "bulk".into(),
+            "--target".into(),
+            bulk_target.into(),
+            "--bytes".into(),
+            bulk_bytes.to_string(),
+            "--pid".into(),
+            pid.to_string(),
+        ],
         Duration::from_secs(150),
     )?;
     out.push(("bulk", f(&b, "gib_per_s")));
     if pid != 0 {
         out.push(("cpu_gib", f(&b, "cpu_s_per_gib")));
     }
-    if let (Some(echo), true) = (echo_target, matches!(target, Target::Haproxy | Target::CplbSplice)) {
+    if let (Some(echo), true) = (
+        echo_target,
+        matches!(target, Target::Haproxy | Target::CplbSplice),
+    ) {
         let i = client(
             exe,
             cpu,
-            &["idle".into(), "--target".into(), echo, "--steps".into(), steps.join(","), "--pid".into(), pid.to_string()],
+            &[
+                "idle".into(),
+                "--target".into(),
+                echo,
+                "--steps".into(),
+                steps.join(","),
+                "--pid".into(),
+                pid.to_string(),
+            ],
             Duration::from_secs(180),
         )?;
         out.push(("kib_conn", f(&i, "kib_per_conn")));
@@ -776,11 +896,25 @@ fn run_target(
 
 /// wrk with `Connection: close` against the first target, as a cross-check
 /// of our own client: returns (requests/s, p99 latency in µs).
-fn wrk_cross_check(cpu: &str, targets: &str, concurrency: usize, secs: f64) -> Option<(f64, Option<f64>)> {
+fn wrk_cross_check(
+    cpu: &str,
+    targets: &str,
+    concurrency: usize,
+    secs: f64,
+) -> Option<(f64, Option<f64>)> {
     let target = targets.split(',').next()?;
     let out = Command::new("timeout")
         .arg((secs + 30.0).to_string())
-        .args(["taskset", "-c", cpu, "wrk", "-t1", "--latency", "-H", "Connection: close"])
+        .args([
+            "taskset",
+            "-c",
+            cpu,
+            "wrk",
+            "-t1",
+            "--latency",
+            "-H",
+            "Connection: close",
+        ])
         .arg(format!("-c{concurrency}"))
         .arg(format!("-d{}s", secs.ceil()))
         .arg(format!("http://{target}/"))
@@ -834,18 +968,29 @@ fn render(
     ];
     let labels: Vec<&str> = Target::ALL.iter().map(|t| t.label()).collect();
     let mut s = String::new();
-    let _ = writeln!(s, "| metric (median of {runs} runs) | {} | cplb/HAProxy |", labels.join(" | "));
+    let _ = writeln!(
+        s,
+        "| metric (median of {runs} runs) | {} | cplb/HAProxy |",
+        labels.join(" | ")
+    );
     let _ = writeln!(s, "|---|{}---|", "---|".repeat(labels.len()));
     for (key, name, decimals) in &rows {
         let med = |label: &str| {
-            results.get(&(label, *key)).and_then(|v| median(v.clone())).map(|m| if *key == "base_kib" { m / 1024.0 } else { m })
+            results
+                .get(&(label, *key))
+                .and_then(|v| median(v.clone()))
+                .map(|m| if *key == "base_kib" { m / 1024.0 } else { m })
         };
         let cells: Vec<String> = labels
             .iter()
             .map(|l| med(l).map_or("–".into(), |m| format!("{m:.*}", *decimals as usize)))
             .collect();
         // Compare with HAProxy+splice for bulk metrics, HAProxy otherwise.
-        let reference = if matches!(*key, "bulk" | "cpu_gib") { "HAProxy+splice" } else { "HAProxy" };
+        let reference = if matches!(*key, "bulk" | "cpu_gib") {
+            "HAProxy+splice"
+        } else {
+            "HAProxy"
+        };
         let ratio = med("cplb (splice)")
             .zip(med(reference))
             .filter(|(_, r)| *r != 0.0)
