@@ -184,7 +184,7 @@ fn higher_priority_becomes_master_and_hands_over_gracefully() {
     assert_eq!(held.prefix_len, 24);
     assert!(held.secondary);
     assert!(
-        held.valid_lft.is_some_and(|s| s <= 4),
+        held.valid_lft.is_some_and(|s| s <= 3),
         "lease of about Master_Down_Interval: {held:?}"
     );
 
@@ -428,4 +428,100 @@ fn unicast_adverts_from_unconfigured_peers_are_ignored() {
         t.holds(&t.a, vip) && t.holds(&t.b, vip)
     })
     .unwrap();
+}
+
+#[test]
+fn fifty_instances_per_process_are_demultiplexed_by_vrid() {
+    let t = Pair::new();
+    let vrids: Vec<u8> = (100..150).collect();
+    let vip = |vrid: u8| ip(&format!("198.51.100.{vrid}"));
+    // A leads the even VRIDs, B the odd ones.
+    let instances = |me: &str, leads_even: bool| {
+        vrids
+            .iter()
+            .map(|&vrid| {
+                let priority = if (vrid % 2 == 0) == leads_even {
+                    200
+                } else {
+                    100
+                };
+                let mut router = Config::new(Version::V3, vrid, ip(me), vec![vip(vrid)]);
+                router.priority = priority;
+                InstanceConfig::new(router, "eth0")
+            })
+            .collect::<Vec<_>>()
+    };
+    let _a = Router::spawn(&t.a, instances("192.0.2.1", true));
+    let _b = Router::spawn(&t.b, instances("192.0.2.2", false));
+    wait_until("every VIP on its leader and only there", WAIT, || {
+        let on_a = t.lab.addresses(&t.a, "eth0").unwrap();
+        let on_b = t.lab.addresses(&t.b, "eth0").unwrap();
+        vrids.iter().all(|&vrid| {
+            let (leader, other) = if vrid % 2 == 0 {
+                (&on_a, &on_b)
+            } else {
+                (&on_b, &on_a)
+            };
+            leader.iter().any(|x| x.ip == vip(vrid)) && !other.iter().any(|x| x.ip == vip(vrid))
+        })
+    })
+    .unwrap();
+}
+
+/// Not a test: prints how long failovers take on this machine. Run with
+/// `cargo test -p cplb-vrrp --test netns_driver -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, prints timings"]
+fn measure_failover_times() {
+    let t = Pair::new();
+    let vip = ip("192.0.2.150");
+    let instance =
+        |priority: u8, primary: &str| v2_instance(99, priority, primary, "192.0.2.150", 24);
+    let _b = Router::spawn(&t.b, vec![instance(100, "192.0.2.2")]);
+    let since = |start: std::time::Instant, netns: &str, want: bool| {
+        wait_until("VIP change", WAIT, || t.holds(netns, vip) == want).unwrap();
+        start.elapsed()
+    };
+    for round in 1..=3 {
+        let mut a = Router::spawn(&t.a, vec![instance(200, "192.0.2.1")]);
+        a.wait_status(99, "A master", |s| s.state == State::Master);
+        t.wait_holder(&t.a, vip);
+        let start = std::time::Instant::now();
+        a.stop();
+        let graceful = since(start, &t.b, true);
+
+        let mut a = Router::spawn(&t.a, vec![instance(200, "192.0.2.1")]);
+        a.wait_status(99, "A master", |s| s.state == State::Master);
+        t.wait_holder(&t.a, vip);
+        let start = std::time::Instant::now();
+        a.kill();
+        // Both watched in one loop: which comes first matters.
+        let (mut takeover, mut expired) = (None, None);
+        wait_until("takeover and expiry", WAIT, || {
+            if takeover.is_none() && t.holds(&t.b, vip) {
+                takeover = Some(start.elapsed());
+            }
+            if expired.is_none() && !t.holds(&t.a, vip) {
+                expired = Some(start.elapsed());
+            }
+            takeover.is_some() && expired.is_some()
+        })
+        .unwrap();
+        let (takeover, expired) = (takeover.unwrap(), expired.unwrap());
+
+        let mut a = Router::spawn(&t.a, vec![instance(200, "192.0.2.1")]);
+        a.wait_status(99, "A master", |s| s.state == State::Master);
+        t.wait_holder(&t.a, vip);
+        let start = std::time::Instant::now();
+        t.lab.cut_cable("a").unwrap();
+        let link_down = since(start, &t.b, true);
+        t.lab.plug_cable("a").unwrap();
+        t.wait_holder(&t.a, vip);
+        a.stop();
+        println!(
+            "round {round}: graceful stop -> backup holds VIP {graceful:?}; \
+             kill -> backup holds {takeover:?}, killed master's VIP expired {expired:?}; \
+             master cable cut -> backup holds {link_down:?}"
+        );
+    }
 }

@@ -40,8 +40,12 @@ pub const DEFAULT_ADDR_LABEL: u32 = 10000;
 /// How long the kernel keeps a VIP that is not refreshed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VipLease {
-    /// Master_Down_Interval rounded up to whole seconds: a Master that stops
-    /// refreshing loses its VIPs about when the Backups take over.
+    /// Three advertisement intervals, rounded up to whole seconds (the
+    /// kernel's unit). A Master that stops refreshing (killed, hung, frozen)
+    /// loses its VIPs about when the Backups' Master_Down_Interval (3 ×
+    /// interval + skew, RFC 3768 §6.1) runs out and one of them takes over,
+    /// so a frozen node's kernel does not keep answering ARP for them. Two
+    /// intervals of slack remain for a late refresh.
     #[default]
     Auto,
     /// A fixed lifetime, longer than the advertisement interval.
@@ -162,8 +166,8 @@ impl Instance {
             VipLease::Off => VipLifetime::Forever,
             VipLease::Fixed(valid) => VipLifetime::lease(valid),
             VipLease::Auto => {
-                let down = self.router.master_down_interval();
-                let secs = down.as_secs() + u64::from(down.subsec_nanos() > 0);
+                let three = 3 * self.config.router.advert_interval.to_duration();
+                let secs = three.as_secs() + u64::from(three.subsec_nanos() > 0);
                 VipLifetime::lease(Duration::from_secs(secs.max(1)))
             }
         }
