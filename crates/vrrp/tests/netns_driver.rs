@@ -12,7 +12,7 @@ use cplb_vrrp::fsm::Config;
 use cplb_vrrp::fsm::State;
 use cplb_vrrp::io::driver::{DEFAULT_ADDR_LABEL, InstanceConfig, InstanceStatus, run_with_status};
 use cplb_vrrp::io::netlink::Vip;
-use cplb_vrrp::io::socket::{ETH_P_ARP, PacketSocket};
+use cplb_vrrp::io::socket::{ETH_P_ALL, ETH_P_ARP, PacketSocket};
 use cplb_vrrp::wire::{Advert, Auth, Centis, Version};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::sync::watch;
@@ -302,6 +302,57 @@ fn unicast_and_multicast_instances_share_one_process() {
     t.wait_holder(&t.b, vip_m);
     a.wait_status(72, "A backup for VRID 72", |s| s.state == State::Backup);
     b.wait_status(71, "B backup for VRID 71", |s| s.state == State::Backup);
+
+    // On the wire at B: A's VRID 71 adverts come unicast to B (B's MAC and
+    // address), B's own VRID 72 adverts leave multicast.
+    let b_link = t.lab.link(&t.b, "eth0").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = runtime.handle().clone();
+    let capture = in_netns(&t.b, move || {
+        let _guard = handle.enter();
+        PacketSocket::open(b_link.ifindex, ETH_P_ALL).unwrap()
+    })
+    .unwrap();
+    let (unicast, multicast) = runtime.block_on(async {
+        tokio::time::timeout(WAIT, async {
+            let (mut unicast, mut multicast) = (None, None);
+            let mut buf = [0u8; 2048];
+            // Bounded by the timeout around it.
+            while unicast.is_none() || multicast.is_none() {
+                let n = capture.recv(&mut buf).await.unwrap();
+                // IPv4 without options, protocol 112; the VRID follows the
+                // version/type byte.
+                if n < 36 || buf[12..14] != [0x08, 0x00] || buf[14] != 0x45 || buf[23] != 112 {
+                    continue;
+                }
+                let frame = buf[..n].to_vec();
+                match buf[35] {
+                    71 => unicast = Some(frame),
+                    72 => multicast = Some(frame),
+                    _ => {}
+                }
+            }
+            (unicast.unwrap(), multicast.unwrap())
+        })
+        .await
+        .expect("adverts of both VRIDs seen at B")
+    });
+    assert_eq!(unicast[0..6], b_link.mac, "unicast advert to B's MAC");
+    assert_eq!(
+        unicast[30..34],
+        [192, 0, 2, 2],
+        "unicast advert to B's address"
+    );
+    assert_eq!(unicast[26..30], [192, 0, 2, 1], "from A");
+    assert_eq!(multicast[30..34], [224, 0, 0, 18]);
+    assert_eq!(
+        multicast[26..30],
+        [192, 0, 2, 2],
+        "B's own multicast advert"
+    );
 }
 
 /// Sends a VRRPv2 advert from `netns` to `dst` with the given TTL, through
