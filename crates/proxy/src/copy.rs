@@ -201,7 +201,7 @@ impl Half {
             for _ in 0..MAX_ROUNDS {
                 let full = buf.len();
                 let (read, drained) =
-                    match read_chunk(src, full, || (&*SockRef::from(src)).read(buf))? {
+                    match read_chunk(src, Some(full), || (&*SockRef::from(src)).read(buf))? {
                         Chunk::Eof => return self.finish(dst, other_done),
                         Chunk::Empty => return Ok(()),
                         Chunk::Data { len, drained } => (len, drained),
@@ -238,7 +238,7 @@ impl Half {
     ) -> io::Result<()> {
         for _ in 0..MAX_ROUNDS {
             let (read, drained) =
-                match read_chunk(src, PIPE_SIZE, || splice_io(src, &pipe.write, PIPE_SIZE)) {
+                match read_chunk(src, None, || splice_io(src, &pipe.write, PIPE_SIZE)) {
                     Ok(Chunk::Eof) => {
                         pipe.give_back();
                         return self.finish(dst, other_done);
@@ -294,21 +294,26 @@ enum Chunk {
     Empty,
     /// End-of-file.
     Eof,
-    /// `len` bytes; `drained` when the read was short, which on epoll shows
+    /// `len` bytes; `drained` when a `recv` was short, which on epoll shows
     /// the socket buffer is empty (readiness is then cleared, as tokio's own
     /// `poll_read` does), saving the read that would return EAGAIN.
     Data { len: usize, drained: bool },
 }
 
+/// One read from `src`. `full` is the size asked of a `recv`: a shorter
+/// `recv` means the socket was drained. `None` for `splice`, which also
+/// stops short when the pipe runs out of slots while the socket still holds
+/// data: clearing readiness then could stall a connection whose sender is
+/// blocked on a full window, so splice reads go on until EAGAIN.
 fn read_chunk(
     src: &TcpStream,
-    full: usize,
+    full: Option<usize>,
     read: impl FnOnce() -> io::Result<usize>,
 ) -> io::Result<Chunk> {
     let mut short = 0;
     let result = src.try_io(Interest::READABLE, || {
         let n = read()?;
-        if 0 < n && n < full {
+        if full.is_some_and(|full| 0 < n && n < full) {
             short = n;
             // Makes try_io clear readiness for this event tick only; a later
             // arrival re-arms it, and end-of-file readiness is never cleared.

@@ -308,6 +308,52 @@ async fn client_half_close_still_gets_whole_response() {
     }
 }
 
+/// A client with a tiny receive buffer makes the proxy's writes block, so
+/// data waits in the pending tail (heap copy or spliced pipe) many times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_gets_every_byte() {
+    init_tracing();
+    let data = payload(11, 8 << 20);
+    let expected = fnv1a(FNV_START, &data);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(&data).await.unwrap();
+            s.shutdown().await.unwrap();
+        }
+    });
+    for path in [DataPath::Splice, DataPath::Copy] {
+        let mut cfg = config(vec![backend]);
+        cfg.data_path = path;
+        let proxy = start(cfg).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = timeout(DEADLINE, socket.connect(proxy.addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut hash = FNV_START;
+        let mut total = 0;
+        let mut buf = [0u8; 1000];
+        loop {
+            let n = timeout(DEADLINE, stream.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            hash = fnv1a(hash, &buf[..n]);
+            total += n;
+        }
+        assert_eq!(total, 8 << 20, "{path:?}");
+        assert_eq!(hash, expected, "{path:?}");
+    }
+    server.await.unwrap();
+}
+
 #[tokio::test]
 async fn backend_half_close_still_receives_client_data() {
     init_tracing();
