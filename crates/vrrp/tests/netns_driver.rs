@@ -10,7 +10,9 @@ use std::time::Duration;
 use cplb_e2e::{Lab, in_netns, wait_until};
 use cplb_vrrp::fsm::Config;
 use cplb_vrrp::fsm::State;
-use cplb_vrrp::io::driver::{DEFAULT_ADDR_LABEL, InstanceConfig, InstanceStatus, run_with_status};
+use cplb_vrrp::io::driver::{
+    DEFAULT_ADDR_LABEL, InstanceConfig, InstanceStatus, VipLease, run_with_status,
+};
 use cplb_vrrp::io::netlink::Vip;
 use cplb_vrrp::io::socket::{ETH_P_ALL, ETH_P_ARP, PacketSocket};
 use cplb_vrrp::wire::{Advert, Auth, Centis, Version};
@@ -575,4 +577,48 @@ fn measure_failover_times() {
              master cable cut -> backup holds {link_down:?}"
         );
     }
+}
+
+#[test]
+fn configuration_errors_are_reported_at_start() {
+    let t = Pair::new();
+    let errors = in_netns(&t.a, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let start = |configs: Vec<InstanceConfig>| {
+            // Stops at once if it does start, so a wrong Ok cannot hang.
+            let cancel = CancellationToken::new();
+            cancel.cancel();
+            runtime
+                .block_on(cplb_vrrp::io::driver::run(configs, cancel))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let mut peer_family = v2_instance(1, 100, "192.0.2.1", "192.0.2.100", 24);
+        peer_family.unicast_peers = vec![ip("2001:db8::2")];
+        let mut short_lease = v2_instance(2, 100, "192.0.2.1", "192.0.2.101", 24);
+        short_lease.lease = VipLease::Fixed(Duration::from_secs(1));
+        let mut no_such_interface = v2_instance(3, 100, "192.0.2.1", "192.0.2.102", 24);
+        no_such_interface.interface = "nosuch0".to_owned();
+        let twice = vec![
+            v2_instance(4, 100, "192.0.2.1", "192.0.2.103", 24),
+            v2_instance(4, 100, "192.0.2.1", "192.0.2.104", 24),
+        ];
+        [
+            start(vec![peer_family]),
+            start(vec![short_lease]),
+            start(vec![no_such_interface]),
+            start(twice),
+            start(vec![v2_instance(5, 100, "192.0.2.1", "192.0.2.105", 24)]),
+        ]
+    })
+    .unwrap();
+    let [peer_family, short_lease, no_such_interface, twice, valid] = errors;
+    assert!(peer_family.unwrap().contains("another address family"));
+    assert!(short_lease.unwrap().contains("must be longer"));
+    assert!(no_such_interface.unwrap().contains("nosuch0"));
+    assert!(twice.unwrap().contains("configured twice"));
+    assert_eq!(valid, None, "a valid configuration starts (and stops)");
 }

@@ -138,7 +138,18 @@ pub enum DriverError {
         /// The lease.
         lease: Duration,
     },
+    /// A unicast peer of another address family than the instance.
+    #[error("VRID {vrid}: unicast peer {peer} is of another address family")]
+    PeerFamily {
+        /// The instance.
+        vrid: u8,
+        /// The peer.
+        peer: IpAddr,
+    },
 }
+
+/// Pause after a failed receive before trying again.
+const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Adverts from one socket share one classifier.
 struct Group {
@@ -248,9 +259,20 @@ impl Driver {
             {
                 return Err(DriverError::LeaseTooShort { vrid, lease });
             }
+            let ipv6 = config.router.primary_ip.is_ipv6();
+            if let Some(&peer) = config.unicast_peers.iter().find(|p| p.is_ipv6() != ipv6) {
+                return Err(DriverError::PeerFamily { vrid, peer });
+            }
+            if let IpAddr::V6(primary) = config.router.primary_ip
+                && config.unicast_peers.is_empty()
+                && !primary.is_unicast_link_local()
+            {
+                // RFC 5798 §5.1.2.1: the source of an IPv6 advert is the
+                // interface's link-local address; receivers drop others.
+                warn!(component = "vrrp", vrid, %primary, "IPv6 multicast advert source is not link-local; peers will drop our adverts");
+            }
             let interface = netlink.interface(&config.interface).await?;
             oper_up.insert(interface.index, interface.oper_up);
-            let ipv6 = config.router.primary_ip.is_ipv6();
             let unicast = !config.unicast_peers.is_empty();
             let group = match groups.iter().position(|g| {
                 g.ifindex == interface.index && g.ipv6 == ipv6 && g.unicast == unicast
@@ -325,8 +347,8 @@ impl Driver {
             let socket = Arc::clone(&group.socket);
             let tx = tx.clone();
             receivers.spawn(async move {
-                // Ends when the driver drops the receiving side, or on a
-                // socket error (logged).
+                // Ends when the driver drops the receiving side (or aborts
+                // the task on shutdown).
                 loop {
                     match socket.recv().await {
                         Ok(packet) => {
@@ -335,8 +357,10 @@ impl Driver {
                             }
                         }
                         Err(e) => {
-                            warn!(component = "vrrp", ifindex = socket.ifindex(), error = %e, "receive failed; socket closed");
-                            return;
+                            // Usually transient (ENOBUFS, ENOMEM): keep the
+                            // socket, but do not spin on a persistent error.
+                            warn!(component = "vrrp", ifindex = socket.ifindex(), error = %e, "receive failed");
+                            tokio::time::sleep(RECV_ERROR_BACKOFF).await;
                         }
                     }
                 }
