@@ -12,6 +12,30 @@
 //! Compared with k0s's reconciler: no lock is held across an await or a
 //! send (the state lives in one task), sends never block, every probe has a
 //! hard timeout, and EndpointSlices are supported (and the default).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), cplb_reconciler::Error> {
+//! use cplb_reconciler::{Reconciler, ReconcilerConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let reconciler = Reconciler::new(ReconcilerConfig {
+//!     api_port: 6443,
+//!     ..ReconcilerConfig::default()
+//! })
+//! .await?;
+//! let mut backends = reconciler.subscribe();
+//! tokio::spawn(async move {
+//!     // Level-triggered: always read the latest set after a change.
+//!     while backends.changed().await.is_ok() {
+//!         let set = backends.borrow_and_update().clone();
+//!         println!("route to {set:?}");
+//!     }
+//! });
+//! let cancel = CancellationToken::new();
+//! reconciler.run(cancel).await; // returns after cancel, with every task ended
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
