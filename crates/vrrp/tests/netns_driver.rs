@@ -622,3 +622,22 @@ fn configuration_errors_are_reported_at_start() {
     assert!(twice.unwrap().contains("configured twice"));
     assert_eq!(valid, None, "a valid configuration starts (and stops)");
 }
+
+#[test]
+fn an_interface_without_carrier_at_start_is_a_fault_until_it_comes_up() {
+    let t = Pair::new();
+    let vip = ip("192.0.2.160");
+    t.lab.cut_cable("a").unwrap();
+    let a = Router::spawn(
+        &t.a,
+        vec![v2_instance(54, 150, "192.0.2.1", "192.0.2.160", 24)],
+    );
+    a.wait_status(54, "A in fault", |s| s.state == State::Fault);
+    assert!(!t.holds(&t.a, vip));
+
+    t.lab.plug_cable("a").unwrap();
+    a.wait_status(54, "A master once the link is up", |s| {
+        s.state == State::Master
+    });
+    t.wait_holder(&t.a, vip);
+}
