@@ -12,7 +12,10 @@
 //!   versions, label and field selectors, `limit`/`continue`, `Table` output.
 //!
 //! Several [`ApiServer`]s started from one [`Cluster`] share its [`Store`], as
-//! apiservers share etcd. Each has its own [`Faults`] switches.
+//! apiservers share etcd. Each has its own [`Faults`] switches. An instance
+//! can listen on any loopback address (127.0.0.2, .3 … need no setup on
+//! Linux) or, through [`Cluster::serve`], on a socket bound inside a network
+//! namespace.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -89,6 +92,19 @@ impl Cluster {
         options: ServerOptions,
     ) -> Result<ApiServer, Error> {
         ApiServer::start(self, addr, options).await
+    }
+
+    /// Serves on an already bound listener: bind it inside a network
+    /// namespace (from a thread that entered it) to run one instance per
+    /// namespace, all sharing this cluster's store. The certificate carries
+    /// the listener's IP, so bind a specific address, not a wildcard.
+    pub fn serve(
+        &self,
+        listener: std::net::TcpListener,
+        options: ServerOptions,
+    ) -> Result<ApiServer, Error> {
+        listener.set_nonblocking(true)?;
+        ApiServer::serve(self, tokio::net::TcpListener::from_std(listener)?, options)
     }
 
     /// A kubeconfig for the admin user pointing at `server`, with embedded

@@ -169,6 +169,16 @@ impl ApiServer {
         options: ServerOptions,
     ) -> Result<Self, Error> {
         let listener = TcpListener::bind(addr).await?;
+        Self::serve(cluster, listener, options)
+    }
+
+    /// Serves on a listener bound by the caller, e.g. inside a network
+    /// namespace. Must be called inside a tokio runtime.
+    pub(crate) fn serve(
+        cluster: &Cluster,
+        listener: TcpListener,
+        options: ServerOptions,
+    ) -> Result<Self, Error> {
         let addr = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(cluster.pki().server_config(addr.ip())?);
         let ctx = Arc::new(Ctx {

@@ -296,6 +296,16 @@ async fn faults_readiness_errors_and_blackhole() {
     let (status, _, _) = get_json(tls.clone(), server.addr(), SLICES).await;
     assert_eq!(status, StatusCode::OK);
 
+    // Slow answers: nothing arrives before the delay.
+    server.faults().set_delay(Duration::from_secs(3));
+    let attempt = tokio::time::timeout(
+        Duration::from_millis(300),
+        get(tls.clone(), server.addr(), "/readyz"),
+    )
+    .await;
+    assert!(attempt.is_err(), "delayed server answered early");
+    server.faults().set_delay(Duration::ZERO);
+
     // Blackhole: TCP connects, TLS never completes.
     server.faults().set_blackhole(true);
     let attempt = tokio::time::timeout(
@@ -339,11 +349,14 @@ async fn instances_share_one_store_and_certify_their_ip() {
     else {
         panic!("127.0.0.2:{port} must be bindable on Linux loopback");
     };
+    // A third one on a listener bound by the caller (as inside a netns).
+    let listener = std::net::TcpListener::bind(SocketAddr::new(ip("127.0.0.3"), port)).unwrap();
+    let third = cluster.serve(listener, ServerOptions::default()).unwrap();
     cluster
         .store()
         .set_kubernetes_backends(&[ip("192.0.2.7")], 6443);
     let tls = admin_tls(&cluster);
-    for server in [&first, &second] {
+    for server in [&first, &second, &third] {
         let (status, _, ep) = get_json(
             tls.clone(),
             server.addr(),
@@ -360,6 +373,7 @@ async fn instances_share_one_store_and_certify_their_ip() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     first.stop().await;
     second.stop().await;
+    third.stop().await;
 }
 
 /// `kubectl` (1.32 in the image; Debian's `kubernetes-client` elsewhere)
