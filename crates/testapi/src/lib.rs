@@ -25,11 +25,13 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+mod netns;
 mod pki;
 mod selector;
 mod server;
 mod store;
 
+pub use netns::{bind_in_netns, connect_in_netns};
 pub use pki::Pki;
 pub use server::{ApiServer, Counters, ErrorFault, Faults, ServerOptions};
 pub use store::{Change, EventType, Kind, Store, endpoint_slice, endpoints};
@@ -105,6 +107,17 @@ impl Cluster {
     ) -> Result<ApiServer, Error> {
         listener.set_nonblocking(true)?;
         ApiServer::serve(self, tokio::net::TcpListener::from_std(listener)?, options)
+    }
+
+    /// Starts an instance on `addr` inside the network namespace at `netns`
+    /// (e.g. `/run/netns/NAME`; needs CAP_SYS_ADMIN).
+    pub fn start_in_netns(
+        &self,
+        netns: &Path,
+        addr: SocketAddr,
+        options: ServerOptions,
+    ) -> Result<ApiServer, Error> {
+        self.serve(bind_in_netns(netns, addr)?, options)
     }
 
     /// A kubeconfig for the admin user pointing at `server`, with embedded
