@@ -174,6 +174,8 @@ pub struct Lab {
     prefix: String,
     bridge_netns: String,
     hosts: Vec<Host>,
+    /// Each host's addresses in CIDR form, to recreate its link.
+    cidrs: BTreeMap<String, (Option<String>, Option<String>)>,
     /// Every namespace created, in creation order, deleted in reverse.
     namespaces: Vec<String>,
     children: Mutex<BTreeMap<usize, Child>>,
@@ -192,6 +194,7 @@ impl Lab {
             bridge_netns: format!("{prefix}br"),
             prefix,
             hosts: Vec::new(),
+            cidrs: BTreeMap::new(),
             namespaces: Vec::new(),
             children: Mutex::new(BTreeMap::new()),
             next_child: AtomicU32::new(0),
@@ -260,37 +263,11 @@ impl Lab {
         let netns = format!("{}h-{name}", self.prefix);
         let bridge_port = format!("p-{name}");
         self.create_netns(&netns)?;
-        let bridge_netns = self.bridge_netns.clone();
-        // Both ends are created inside namespaces of ours: nothing ever
-        // appears in the namespace the tests run in.
-        self.ip(
-            &bridge_netns,
-            [
-                "link",
-                "add",
-                &bridge_port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                HOST_IFNAME,
-                "netns",
-                &netns,
-            ],
-        )?;
-        self.ip(
-            &bridge_netns,
-            ["link", "set", &bridge_port, "master", BRIDGE_IFNAME],
-        )?;
-        self.ip(&bridge_netns, ["link", "set", &bridge_port, "up"])?;
-        self.ip(&netns, ["link", "set", "lo", "up"])?;
-        if let Some(cidr) = ipv4 {
-            self.ip(&netns, ["addr", "add", cidr, "dev", HOST_IFNAME])?;
-        }
-        if let Some(cidr) = ipv6 {
-            self.ip(&netns, ["addr", "add", cidr, "dev", HOST_IFNAME, "nodad"])?;
-        }
-        self.ip(&netns, ["link", "set", HOST_IFNAME, "up"])?;
+        self.connect(&netns, &bridge_port, ipv4, ipv6)?;
+        self.cidrs.insert(
+            name.to_owned(),
+            (ipv4.map(str::to_owned), ipv6.map(str::to_owned)),
+        );
         let host = Host {
             name: name.to_owned(),
             netns,
@@ -301,6 +278,60 @@ impl Lab {
         };
         self.hosts.push(host.clone());
         Ok(host)
+    }
+
+    /// Creates the veth pair joining `netns` to the bridge, with the host's
+    /// addresses, and brings it up.
+    fn connect(
+        &self,
+        netns: &str,
+        bridge_port: &str,
+        ipv4: Option<&str>,
+        ipv6: Option<&str>,
+    ) -> Result<(), LabError> {
+        let bridge_netns = &self.bridge_netns;
+        // Both ends are created inside namespaces of ours: nothing ever
+        // appears in the namespace the tests run in.
+        self.ip(
+            bridge_netns,
+            [
+                "link",
+                "add",
+                bridge_port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                HOST_IFNAME,
+                "netns",
+                netns,
+            ],
+        )?;
+        self.ip(
+            bridge_netns,
+            ["link", "set", bridge_port, "master", BRIDGE_IFNAME],
+        )?;
+        self.ip(bridge_netns, ["link", "set", bridge_port, "up"])?;
+        self.ip(netns, ["link", "set", "lo", "up"])?;
+        if let Some(cidr) = ipv4 {
+            self.ip(netns, ["addr", "add", cidr, "dev", HOST_IFNAME])?;
+        }
+        if let Some(cidr) = ipv6 {
+            self.ip(netns, ["addr", "add", cidr, "dev", HOST_IFNAME, "nodad"])?;
+        }
+        self.ip(netns, ["link", "set", HOST_IFNAME, "up"])?;
+        Ok(())
+    }
+
+    /// Deletes a host's LAN interface and creates it again, with the same
+    /// name and addresses but a new interface index, as a network restart
+    /// does.
+    pub fn recreate_link(&self, host: &str) -> Result<(), LabError> {
+        let h = self.host(host)?;
+        let (ipv4, ipv6) = self.cidrs.get(host).cloned().unwrap_or_default();
+        // Deleting one end of a veth pair deletes both.
+        self.ip(&self.bridge_netns, ["link", "del", &h.bridge_port])?;
+        self.connect(&h.netns, &h.bridge_port, ipv4.as_deref(), ipv6.as_deref())
     }
 
     /// Runs `ip -n <netns> <args>` and returns its stdout.

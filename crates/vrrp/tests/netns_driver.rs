@@ -641,3 +641,34 @@ fn an_interface_without_carrier_at_start_is_a_fault_until_it_comes_up() {
     });
     t.wait_holder(&t.a, vip);
 }
+
+#[test]
+fn a_re_created_interface_is_picked_up_again() {
+    let t = Pair::new();
+    let vip = ip("192.0.2.170");
+    // B leads; A must keep hearing it after its interface is re-created.
+    let a = Router::spawn(
+        &t.a,
+        vec![v2_instance(55, 100, "192.0.2.1", "192.0.2.170", 24)],
+    );
+    let _b = Router::spawn(
+        &t.b,
+        vec![v2_instance(55, 200, "192.0.2.2", "192.0.2.170", 24)],
+    );
+    t.wait_holder(&t.b, vip);
+    let before = a
+        .wait_status(55, "A hears B", |s| {
+            s.state == State::Backup && s.adverts_received > 0
+        })
+        .adverts_received;
+    let old_index = t.lab.link(&t.a, "eth0").unwrap().ifindex;
+
+    // The old interface and its socket are gone at once (A goes through
+    // Fault); adverts keep being counted only if A listens on the new one.
+    t.lab.recreate_link("a").unwrap();
+    assert_ne!(t.lab.link(&t.a, "eth0").unwrap().ifindex, old_index);
+    a.wait_status(55, "A hears B on the new interface", |s| {
+        s.state == State::Backup && s.adverts_received >= before + 3
+    });
+    assert!(t.holds(&t.b, vip) && !t.holds(&t.a, vip));
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -154,12 +154,14 @@ const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Adverts from one socket share one classifier.
 struct Group {
     ifindex: u32,
+    ifname: String,
     ipv6: bool,
     unicast: bool,
     socket: Arc<VrrpSocket>,
     classifier: Classifier,
     announce: Option<PacketSocket>,
     mac: Option<[u8; 6]>,
+    receiver: Option<AbortHandle>,
 }
 
 struct Instance {
@@ -169,6 +171,7 @@ struct Instance {
     ifindex: u32,
     vips: Vec<Vip>,
     rejects: BTreeMap<&'static str, u64>,
+    adverts_received: u64,
 }
 
 impl Instance {
@@ -199,6 +202,8 @@ pub struct InstanceStatus {
     pub wire_drops: BTreeMap<&'static str, u64>,
     /// Adverts for this VRID the router rejected, by reason.
     pub rejects: BTreeMap<&'static str, u64>,
+    /// Adverts for this VRID the router accepted.
+    pub adverts_received: u64,
 }
 
 /// Runs `configs` until `cancel` fires, then shuts every router down
@@ -231,8 +236,39 @@ struct Driver {
     groups: Vec<Group>,
     instances: Vec<Instance>,
     packets: mpsc::Receiver<(usize, RecvdPacket)>,
+    packets_tx: mpsc::Sender<(usize, RecvdPacket)>,
     receivers: JoinSet<()>,
     status: Option<watch::Sender<Vec<InstanceStatus>>>,
+}
+
+/// Forwards what `group`'s socket receives to the driver, tagged with the
+/// group's index.
+fn spawn_receiver(
+    receivers: &mut JoinSet<()>,
+    index: usize,
+    group: &Group,
+    tx: mpsc::Sender<(usize, RecvdPacket)>,
+) -> AbortHandle {
+    let socket = Arc::clone(&group.socket);
+    receivers.spawn(async move {
+        // Ends when the driver drops the receiving side, or aborts the task
+        // (shutdown, interface re-created).
+        loop {
+            match socket.recv().await {
+                Ok(packet) => {
+                    if tx.send((index, packet)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Usually transient (ENOBUFS, ENOMEM): keep the socket,
+                    // but do not spin on a persistent error.
+                    warn!(component = "vrrp", ifindex = socket.ifindex(), error = %e, "receive failed");
+                    tokio::time::sleep(RECV_ERROR_BACKOFF).await;
+                }
+            }
+        }
+    })
 }
 
 fn now() -> Instant {
@@ -296,12 +332,14 @@ impl Driver {
                     };
                     groups.push(Group {
                         ifindex: interface.index,
+                        ifname: interface.name.clone(),
                         ipv6,
                         unicast,
                         socket: Arc::new(socket),
                         classifier: Classifier::new(own, unicast.then(Vec::new)),
                         announce,
                         mac: interface.mac,
+                        receiver: None,
                     });
                     groups.len() - 1
                 }
@@ -338,33 +376,19 @@ impl Driver {
                 ifindex: interface.index,
                 vips,
                 rejects: BTreeMap::new(),
+                adverts_received: 0,
             });
         }
 
-        let (tx, packets) = mpsc::channel(256);
+        let (packets_tx, packets) = mpsc::channel(256);
         let mut receivers = JoinSet::new();
-        for (index, group) in groups.iter().enumerate() {
-            let socket = Arc::clone(&group.socket);
-            let tx = tx.clone();
-            receivers.spawn(async move {
-                // Ends when the driver drops the receiving side (or aborts
-                // the task on shutdown).
-                loop {
-                    match socket.recv().await {
-                        Ok(packet) => {
-                            if tx.send((index, packet)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            // Usually transient (ENOBUFS, ENOMEM): keep the
-                            // socket, but do not spin on a persistent error.
-                            warn!(component = "vrrp", ifindex = socket.ifindex(), error = %e, "receive failed");
-                            tokio::time::sleep(RECV_ERROR_BACKOFF).await;
-                        }
-                    }
-                }
-            });
+        for (index, group) in groups.iter_mut().enumerate() {
+            group.receiver = Some(spawn_receiver(
+                &mut receivers,
+                index,
+                group,
+                packets_tx.clone(),
+            ));
         }
 
         let mut driver = Driver {
@@ -373,6 +397,7 @@ impl Driver {
             groups,
             instances,
             packets,
+            packets_tx,
             receivers,
             status,
         };
@@ -406,6 +431,7 @@ impl Driver {
                     .map(|g| g.classifier.drops().clone())
                     .unwrap_or_default(),
                 rejects: i.rejects.clone(),
+                adverts_received: i.adverts_received,
             })
             .collect();
         status.send_if_modified(|published| {
@@ -499,7 +525,10 @@ impl Driver {
             return;
         }
         match instance.router.receive(now(), packet.src, &advert) {
-            Ok(actions) => self.apply(index, actions).await,
+            Ok(actions) => {
+                instance.adverts_received += 1;
+                self.apply(index, actions).await;
+            }
             Err(reason) => {
                 *instance.rejects.entry(reason.reason()).or_insert(0) += 1;
                 debug!(component = "vrrp", vrid = advert.vrid, src = %packet.src, reason = reason.reason(), "advert rejected");
@@ -508,6 +537,11 @@ impl Driver {
     }
 
     async fn on_link_event(&mut self, event: LinkEvent) {
+        if let LinkEvent::LinkUp(index) | LinkEvent::LinkDown(index) = event
+            && !self.groups.iter().any(|g| g.ifindex == index)
+        {
+            self.rebind(index).await;
+        }
         let t = now();
         for index in 0..self.instances.len() {
             let Some(instance) = self.instances.get_mut(index) else {
@@ -531,6 +565,61 @@ impl Driver {
                 _ => continue,
             };
             self.apply(index, actions).await;
+        }
+    }
+
+    /// A link we do not know appeared. If it has the name of one of our
+    /// interfaces, that interface was deleted and created again (a network
+    /// restart): move the sockets and instances over to the new index.
+    async fn rebind(&mut self, ifindex: u32) {
+        let Ok(interface) = self.netlink.interface_by_index(ifindex).await else {
+            return;
+        };
+        for group_index in 0..self.groups.len() {
+            let Some(group) = self.groups.get_mut(group_index) else {
+                continue;
+            };
+            if group.ifname != interface.name || group.ifindex == ifindex {
+                continue;
+            }
+            let opened = if group.ipv6 {
+                VrrpSocket::open_v6(ifindex, &interface.name)
+            } else {
+                VrrpSocket::open_v4(ifindex, &interface.name)
+            };
+            let announce = interface
+                .mac
+                .map(|_| PacketSocket::open(ifindex, 0))
+                .transpose();
+            let (socket, announce) = match (opened, announce) {
+                (Ok(socket), Ok(announce)) => (socket, announce),
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!(component = "vrrp", interface = %interface.name, error = %e,
+                        "interface re-created, but its sockets cannot be opened");
+                    continue;
+                }
+            };
+            info!(component = "vrrp", interface = %interface.name, old = group.ifindex, new = ifindex,
+                "interface re-created; sockets moved to the new index");
+            if let Some(old) = group.receiver.take() {
+                old.abort();
+            }
+            let old_index = group.ifindex;
+            group.ifindex = ifindex;
+            group.socket = Arc::new(socket);
+            group.announce = announce;
+            group.mac = interface.mac;
+            group.receiver = Some(spawn_receiver(
+                &mut self.receivers,
+                group_index,
+                group,
+                self.packets_tx.clone(),
+            ));
+            for instance in &mut self.instances {
+                if instance.group == group_index && instance.ifindex == old_index {
+                    instance.ifindex = ifindex;
+                }
+            }
         }
     }
 
