@@ -789,6 +789,8 @@ impl Watch {
             let line = tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = &mut deadline => return,
+                // The client went away: end now rather than at the next send.
+                () = tx.closed() => return,
                 changed = self.drop_watches.changed() => {
                     if changed.is_ok() {
                         debug!(component = "testapi", "dropping watch stream (fault)");
