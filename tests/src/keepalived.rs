@@ -140,19 +140,31 @@ impl Keepalived {
     }
 
     /// The log lines in which keepalived complains about a peer's adverts:
-    /// the ones a mixed cluster must never produce.
+    /// the ones a mixed cluster must never produce. Only what it logs once
+    /// running counts: configuration warnings come before "Startup
+    /// complete" (k0s renders `auth_pass` even for VRRPv3, which keepalived
+    /// ignores with a warning).
     pub fn complaints(&self) -> Vec<String> {
-        const COMPLAINTS: [&str; 6] = [
+        // keepalived 2.2's receive-check messages, e.g. "received an
+        // invalid passwd!", "bogus VRRP packet received", "advertisement
+        // interval mismatch", "invalid ttl"; matched case-insensitively.
+        const COMPLAINTS: [&str; 7] = [
             "bogus",
             "mismatch",
+            "invalid",
+            "passwd",
             "authentication",
-            "Invalid",
             "checksum",
             "ttl",
         ];
-        self.log()
+        let log = self.log();
+        let running = log.rfind("Startup complete").map_or("", |at| &log[at..]);
+        running
             .lines()
-            .filter(|line| COMPLAINTS.iter().any(|c| line.contains(c)))
+            .filter(|line| {
+                let line = line.to_lowercase();
+                COMPLAINTS.iter().any(|c| line.contains(c))
+            })
             .map(str::to_owned)
             .collect()
     }

@@ -24,6 +24,7 @@
 //! SIGTERM or SIGINT: every Master sends a priority-0 advert and removes its
 //! VIPs. Logs go to stderr (`RUST_LOG` sets the level).
 
+use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -162,6 +163,7 @@ async fn resolve(netlink: &VipManager, instance: Instance) -> Result<InstanceCon
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
