@@ -258,7 +258,7 @@ fn gratuitous_arp_and_unsolicited_na_reach_the_other_host() {
         sender.send(&na[..n]).await.unwrap();
         // ICMPv6 (next header 58) type 136, neighbour advertisement.
         let got = capture(&ipv6_capture, |f| {
-            f.len() >= n && f[20] == 58 && f[54] == 136
+            f.len() >= n && f[20] == 58 && f[54] == 136 && f[62..78] == vip6.octets()
         })
         .await;
         assert_eq!(got[..n], na[..n]);
