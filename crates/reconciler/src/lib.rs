@@ -157,6 +157,14 @@ struct Report {
     result: Result<(), ProbeError>,
 }
 
+/// The reconciler loop's state; owned by that one task, so no lock exists.
+struct LoopState {
+    checkers: BTreeMap<IpAddr, Checker>,
+    next_checker_id: u64,
+    last_decision: Option<std::mem::Discriminant<Decision>>,
+    reports: mpsc::UnboundedSender<Report>,
+}
+
 struct Checker {
     id: u64,
     cancel: CancellationToken,
@@ -274,9 +282,12 @@ impl Reconciler {
         );
 
         let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
-        let mut checkers: BTreeMap<IpAddr, Checker> = BTreeMap::new();
-        let mut next_checker_id = 0u64;
-        let mut last_decision: Option<std::mem::Discriminant<Decision>> = None;
+        let mut state = LoopState {
+            checkers: BTreeMap::new(),
+            next_checker_id: 0,
+            last_decision: None,
+            reports: report_tx,
+        };
         let mut source_open = true;
         loop {
             tokio::select! {
@@ -287,61 +298,17 @@ impl Reconciler {
                         source_open = false;
                         continue;
                     }
-                    let Some(known) = known_rx.borrow_and_update().clone() else {
-                        continue;
-                    };
-                    // Stop checkers of vanished addresses (k0s: "Stopping healthchecker").
-                    checkers.retain(|ip, checker| {
-                        let keep = known.contains(ip);
-                        if !keep {
-                            info!(backend = %ip, "address removed, stopping health checker");
-                            checker.cancel.cancel();
-                        }
-                        keep
-                    });
-                    for ip in known {
-                        if checkers.contains_key(&ip) {
-                            continue;
-                        }
-                        next_checker_id += 1;
-                        let checker = Checker {
-                            id: next_checker_id,
-                            cancel: cancel.child_token(),
-                            state: HealthState::new(self.config.thresholds),
-                        };
-                        info!(backend = %ip, "address added, starting health checker");
-                        self.spawn_checker(ip, checker.id, checker.cancel.clone(), report_tx.clone());
-                        checkers.insert(ip, checker);
-                    }
-                    self.update_health(&checkers);
-                    self.publish(&checkers, &mut last_decision);
-                }
-                Some(report) = report_rx.recv() => {
-                    let Some(checker) = checkers.get_mut(&report.ip) else { continue };
-                    if checker.id != report.checker_id {
-                        continue; // a late report from a replaced checker
-                    }
-                    let now = tokio::time::Instant::now().into_std();
-                    let result = report.result.map_err(|e| e.to_string());
-                    if let Some(transition) = checker.state.observe(now, result) {
-                        let reason = checker.state.last_error().unwrap_or("").to_owned();
-                        match transition.to {
-                            Health::Healthy => info!(backend = %report.ip, from = %transition.from,
-                                to = %transition.to, "health check succeeded, address became active"),
-                            _ => info!(backend = %report.ip, from = %transition.from,
-                                to = %transition.to, %reason, "health check failed, address became inactive"),
-                        }
-                        self.update_health(&checkers);
-                        self.publish(&checkers, &mut last_decision);
-                    } else {
-                        self.update_health(&checkers);
+                    let known = known_rx.borrow_and_update().clone();
+                    if let Some(known) = known {
+                        self.on_known(&mut state, known, &cancel);
                     }
                 }
+                Some(report) = report_rx.recv() => self.on_report(&mut state, report),
             }
         }
 
         watch_cancel.cancel();
-        for checker in checkers.values() {
+        for checker in state.checkers.values() {
             checker.cancel.cancel();
         }
         drop(report_rx);
@@ -351,6 +318,69 @@ impl Reconciler {
         self.watchers.wait().await;
         self.health.send_replace(HealthSnapshot::new());
         info!("reconciler stopped");
+    }
+
+    /// A new address list: stop checkers of vanished addresses, start
+    /// checkers for new ones, republish.
+    fn on_known(&self, state: &mut LoopState, known: BTreeSet<IpAddr>, cancel: &CancellationToken) {
+        state.checkers.retain(|ip, checker| {
+            let keep = known.contains(ip);
+            if !keep {
+                // k0s: "Stopping healthchecker".
+                info!(backend = %ip, "address removed, stopping health checker");
+                checker.cancel.cancel();
+            }
+            keep
+        });
+        for ip in known {
+            if state.checkers.contains_key(&ip) {
+                continue;
+            }
+            state.next_checker_id += 1;
+            let checker = Checker {
+                id: state.next_checker_id,
+                cancel: cancel.child_token(),
+                state: HealthState::new(self.config.thresholds),
+            };
+            info!(backend = %ip, "address added, starting health checker");
+            self.spawn_checker(
+                ip,
+                checker.id,
+                checker.cancel.clone(),
+                state.reports.clone(),
+            );
+            state.checkers.insert(ip, checker);
+        }
+        self.update_health(&state.checkers);
+        self.publish(&state.checkers, &mut state.last_decision);
+    }
+
+    /// One probe result: update that backend, log and republish on a transition.
+    fn on_report(&self, state: &mut LoopState, report: Report) {
+        let Some(checker) = state.checkers.get_mut(&report.ip) else {
+            return; // the address was removed meanwhile
+        };
+        if checker.id != report.checker_id {
+            return; // a late report from a replaced checker
+        }
+        let now = tokio::time::Instant::now().into_std();
+        let result = report.result.map_err(|e| e.to_string());
+        let transition = checker.state.observe(now, result);
+        if let Some(transition) = transition {
+            let (from, to) = (transition.from, transition.to);
+            if to == Health::Healthy {
+                info!(backend = %report.ip, %from, %to,
+                    "health check succeeded, address became active");
+            } else {
+                let reason = checker.state.last_error().unwrap_or_default();
+                info!(backend = %report.ip, %from, %to, %reason,
+                    "health check failed, address became inactive");
+            }
+        }
+        self.update_health(&state.checkers);
+        if transition.is_some() {
+            self.publish(&state.checkers, &mut state.last_decision);
+        }
     }
 
     fn spawn_checker(
