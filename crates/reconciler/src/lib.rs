@@ -145,6 +145,8 @@ pub struct BackendStatus {
     pub last_change: Option<Instant>,
     /// The latest check error.
     pub last_error: Option<String>,
+    /// How long the latest check took.
+    pub last_latency: Option<Duration>,
 }
 
 /// Every known backend's health, keyed by address.
@@ -155,6 +157,8 @@ struct Report {
     ip: IpAddr,
     checker_id: u64,
     result: Result<(), ProbeError>,
+    /// How long the check took (connect + TLS + answer, or until the timeout).
+    latency: Duration,
 }
 
 /// The reconciler loop's state; owned by that one task, so no lock exists.
@@ -169,6 +173,7 @@ struct Checker {
     id: u64,
     cancel: CancellationToken,
     state: HealthState,
+    last_latency: Option<Duration>,
 }
 
 /// The reconciler. Build it with [`Reconciler::new`], take receivers with
@@ -341,6 +346,7 @@ impl Reconciler {
                 id: state.next_checker_id,
                 cancel: cancel.child_token(),
                 state: HealthState::new(self.config.thresholds),
+                last_latency: None,
             };
             info!(backend = %ip, "address added, starting health checker");
             self.spawn_checker(
@@ -363,6 +369,7 @@ impl Reconciler {
         if checker.id != report.checker_id {
             return; // a late report from a replaced checker
         }
+        checker.last_latency = Some(report.latency);
         let now = tokio::time::Instant::now().into_std();
         let result = report.result.map_err(|e| e.to_string());
         let transition = checker.state.observe(now, result);
@@ -403,11 +410,13 @@ impl Reconciler {
                         () = cancel.cancelled() => break,
                         _ = ticker.tick() => {}
                     }
+                    let started = tokio::time::Instant::now();
                     let result = tokio::select! {
                         biased;
                         () = cancel.cancelled() => break,
                         result = probe.probe(ip) => result,
                     };
+                    let latency = started.elapsed();
                     if let Err(error) = &result {
                         debug!(%error, "health check failed");
                     }
@@ -416,6 +425,7 @@ impl Reconciler {
                         ip,
                         checker_id,
                         result,
+                        latency,
                     };
                     if reports.send(report).is_err() {
                         break;
@@ -475,6 +485,7 @@ impl Reconciler {
                         consecutive_failures: checker.state.consecutive_failures(),
                         last_change: checker.state.last_change(),
                         last_error: checker.state.last_error().map(str::to_owned),
+                        last_latency: checker.last_latency,
                     },
                 )
             })

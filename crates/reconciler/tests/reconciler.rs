@@ -274,6 +274,12 @@ async fn failing_readyz_leaves_and_recovers() {
         status.last_error.as_deref().unwrap().contains("500"),
         "{status:?}"
     );
+    let healthy = &health[&ip("127.0.0.1")];
+    eprintln!(
+        "check latency of a healthy backend: {:?}",
+        healthy.last_latency
+    );
+    assert!(healthy.last_latency.is_some() && healthy.probes >= 1);
 
     lab.server("127.0.0.2").faults().set_fail_readiness(false);
     r.wait_for(&lab.backends(&all), CHANGE_BOUND, "readyz recovered")
