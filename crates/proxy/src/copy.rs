@@ -3,10 +3,11 @@
 //!
 //! Instead of `copy_bidirectional` (two buffers allocated per connection for
 //! its whole life), each direction waits for readiness and then moves what is
-//! available synchronously, either with `splice(2)` through a pipe borrowed
-//! from a per-thread pool, or with `read`/`write` through one per-thread
-//! buffer. Per-connection memory (a pipe or a heap copy of the unsent tail) is
-//! held only while the destination is not accepting data.
+//! available synchronously: with `read`/`write` through one per-thread
+//! buffer, or, once a read has filled that buffer (a bulk stream), with
+//! `splice(2)` through a pipe borrowed from a per-thread pool. Per-connection
+//! memory (a pipe or a heap copy of the unsent tail) is held only while the
+//! destination is not accepting data.
 
 use std::cell::RefCell;
 use std::io::{self, Read};
