@@ -233,6 +233,7 @@ pub async fn run_with_status(
 struct Driver {
     netlink: VipManager,
     events: LinkEvents,
+    events_open: bool,
     groups: Vec<Group>,
     instances: Vec<Instance>,
     packets: mpsc::Receiver<(usize, RecvdPacket)>,
@@ -394,6 +395,7 @@ impl Driver {
         let mut driver = Driver {
             netlink,
             events,
+            events_open: true,
             groups,
             instances,
             packets,
@@ -460,7 +462,15 @@ impl Driver {
                 biased;
                 () = cancel.cancelled() => break,
                 Some((group, packet)) = self.packets.recv() => self.on_packet(group, packet).await,
-                Some(event) = self.events.next() => self.on_link_event(event).await,
+                event = self.events.next(), if self.events_open => match event {
+                    Some(event) => self.on_link_event(event).await,
+                    None => {
+                        // The netlink socket failed: routers keep running,
+                        // but link and address changes go unnoticed.
+                        warn!(component = "vrrp", "netlink event stream ended; link changes are no longer seen");
+                        self.events_open = false;
+                    }
+                },
                 () = sleep => self.on_timeout().await,
             }
             self.publish();
@@ -537,6 +547,36 @@ impl Driver {
     }
 
     async fn on_link_event(&mut self, event: LinkEvent) {
+        // Keep each socket's idea of "our own addresses" current, so a
+        // packet from an address added later is still recognised as ours.
+        match event {
+            LinkEvent::AddressAdded(index, addr) => {
+                for group in self
+                    .groups
+                    .iter_mut()
+                    .filter(|g| g.ifindex == index && g.ipv6 == addr.is_ipv6())
+                {
+                    if !group.classifier.own_addrs.contains(&addr) {
+                        group.classifier.own_addrs.push(addr);
+                    }
+                }
+            }
+            LinkEvent::AddressRemoved(index, addr) => {
+                let primaries: Vec<IpAddr> = self
+                    .instances
+                    .iter()
+                    .map(|i| i.config.router.primary_ip)
+                    .collect();
+                for group in self.groups.iter_mut().filter(|g| g.ifindex == index) {
+                    // Our configured advert sources always stay ours.
+                    group
+                        .classifier
+                        .own_addrs
+                        .retain(|a| *a != addr || primaries.contains(a));
+                }
+            }
+            _ => {}
+        }
         if let LinkEvent::LinkUp(index) | LinkEvent::LinkDown(index) = event
             && !self.groups.iter().any(|g| g.ifindex == index)
         {
