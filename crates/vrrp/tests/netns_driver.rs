@@ -672,3 +672,100 @@ fn a_re_created_interface_is_picked_up_again() {
     });
     assert!(t.holds(&t.b, vip) && !t.holds(&t.a, vip));
 }
+
+/// Sends raw bytes as an IP protocol 112 packet from `netns` to `dst`.
+fn inject_bytes(netns: &str, dst: &str, bytes: Vec<u8>) {
+    let dst: SocketAddrV4 = format!("{dst}:0").parse().unwrap();
+    in_netns(netns, move || {
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
+        socket.set_ttl_v4(255).unwrap();
+        socket.send_to(&bytes, &SockAddr::from(dst)).unwrap();
+    })
+    .unwrap();
+}
+
+#[test]
+fn hostile_adverts_are_counted_by_reason_and_never_move_the_vip() {
+    let t = Pair::new();
+    let vip = ip("192.0.2.121");
+    let mut instance = v2_instance(82, 100, "192.0.2.1", "192.0.2.121", 24);
+    instance.router.auth = Auth::pass(b"k0s");
+    let a = Router::spawn(&t.a, vec![instance]);
+    a.wait_status(82, "A master", |s| s.state == State::Master);
+    t.wait_holder(&t.a, vip);
+
+    // Each would win (priority 254 > 100) if it were accepted.
+    let good = Advert {
+        version: Version::V2,
+        vrid: 82,
+        priority: 254,
+        interval: Centis::from_secs(1),
+        auth: Auth::pass(b"k0s"),
+        addrs: vec![vip],
+    };
+    let bytes = |advert: &Advert| {
+        let mut buf = vec![0; advert.buffer_len()];
+        let n = advert
+            .emit(ip("192.0.2.2"), ip("192.0.2.1"), &mut buf)
+            .unwrap();
+        buf.truncate(n);
+        buf
+    };
+    let cases: Vec<(Vec<u8>, &str, bool)> = vec![
+        (
+            bytes(&Advert {
+                auth: Auth::pass(b"guess"),
+                ..good.clone()
+            }),
+            "auth_failure",
+            false,
+        ),
+        (
+            bytes(&Advert {
+                auth: Auth::None,
+                ..good.clone()
+            }),
+            "auth_type_mismatch",
+            false,
+        ),
+        (
+            bytes(&Advert {
+                vrid: 83,
+                ..good.clone()
+            }),
+            "unknown_vrid",
+            true,
+        ),
+        (
+            bytes(&Advert {
+                addrs: vec![ip("192.0.2.122")],
+                ..good.clone()
+            }),
+            "address_list_mismatch",
+            false,
+        ),
+        (
+            bytes(&Advert {
+                interval: Centis::from_secs(2),
+                ..good.clone()
+            }),
+            "interval_mismatch",
+            false,
+        ),
+        (bytes(&good)[..12].to_vec(), "length_mismatch", true),
+    ];
+    for (packet, reason, wire) in cases {
+        inject_bytes(&t.b, "192.0.2.1", packet);
+        let status = a.wait_status(82, reason, |s| {
+            let counters = if wire { &s.wire_drops } else { &s.rejects };
+            counters.get(reason) == Some(&1)
+        });
+        assert_eq!(status.state, State::Master, "{reason}");
+        assert!(t.holds(&t.a, vip), "{reason}");
+    }
+    // The control: the intact advert does take the VIP away.
+    inject_bytes(&t.b, "192.0.2.1", bytes(&good));
+    a.wait_status(82, "A backup after the intact advert", |s| {
+        s.state == State::Backup
+    });
+}

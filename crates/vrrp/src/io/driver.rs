@@ -522,6 +522,8 @@ impl Driver {
             .iter()
             .position(|i| i.group == group_index && i.config.router.vrid == advert.vrid)
         else {
+            // RFC 3768 §7.1: "MUST verify that the VRID is configured".
+            group.classifier.count("unknown_vrid");
             debug!(component = "vrrp", vrid = advert.vrid, src = %packet.src, "advert for a VRID not configured here");
             return;
         };

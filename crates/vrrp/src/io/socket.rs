@@ -486,6 +486,12 @@ impl Classifier {
         Advert::parse(&packet.payload, packet.src, packet.dst).map_err(DropReason::Decode)
     }
 
+    /// Counts a drop decided after classification (by the driver: an
+    /// advert for a VRID not configured on this interface).
+    pub fn count(&mut self, reason: &'static str) {
+        *self.drops.entry(reason).or_insert(0) += 1;
+    }
+
     /// Drops so far, by [`DropReason::reason`].
     pub fn drops(&self) -> &BTreeMap<&'static str, u64> {
         &self.drops
