@@ -54,6 +54,8 @@ pub struct Node {
     pub holds_vips: bool,
     /// Adverts it sent.
     pub adverts_sent: u64,
+    /// Delay added to everything it puts on the wire (a slow host or link).
+    pub extra_latency: Duration,
 }
 
 /// A state change seen on the LAN.
@@ -76,7 +78,14 @@ struct InFlight {
     at: Instant,
     from: NodeId,
     src: IpAddr,
-    advert: Advert,
+    packet: Packet,
+}
+
+#[derive(Debug, Clone)]
+enum Packet {
+    Advert(Advert),
+    /// A gratuitous ARP / NA burst: the LAN learns the sender's MAC.
+    Announce,
 }
 
 /// The simulated LAN. See the [module docs](self).
@@ -89,6 +98,8 @@ pub struct Lan {
     wire: Vec<InFlight>,
     transitions: Vec<Transition>,
     rejected: u64,
+    /// The node whose gratuitous ARP / NA reached the LAN last.
+    last_announcer: Option<NodeId>,
 }
 
 impl Lan {
@@ -103,6 +114,7 @@ impl Lan {
             wire: Vec::new(),
             transitions: Vec::new(),
             rejected: 0,
+            last_announcer: None,
         }
     }
 
@@ -125,6 +137,7 @@ impl Lan {
             connected: true,
             holds_vips: false,
             adverts_sent: 0,
+            extra_latency: Duration::ZERO,
         });
         Ok(self.nodes.len() - 1)
     }
@@ -159,6 +172,12 @@ impl Lan {
     /// Every state change so far, in order.
     pub fn transitions(&self) -> &[Transition] {
         &self.transitions
+    }
+
+    /// The node whose gratuitous ARP / NA reached the LAN last: the MAC a
+    /// client's ARP cache holds for the VIPs.
+    pub fn last_announcer(&self) -> Option<NodeId> {
+        self.last_announcer
     }
 
     /// Adverts dropped by the receivers' checks.
@@ -229,6 +248,11 @@ impl Lan {
         self.apply(node, actions);
     }
 
+    /// Adds `extra` to the latency of everything `node` sends.
+    pub fn set_extra_latency(&mut self, node: NodeId, extra: Duration) {
+        self.nodes[node].extra_latency = extra;
+    }
+
     /// Puts a packet on the wire as if `src` had sent it, to arrive after the
     /// LAN's latency at every connected router (a hostile or foreign sender).
     pub fn inject(&mut self, src: IpAddr, advert: Advert) {
@@ -236,7 +260,7 @@ impl Lan {
             at: self.now + self.latency,
             from: usize::MAX,
             src,
-            advert,
+            packet: Packet::Advert(advert),
         });
     }
 
@@ -288,15 +312,19 @@ impl Lan {
         let (due, later): (Vec<_>, Vec<_>) = self.wire.drain(..).partition(|p| p.at <= now);
         self.wire = later;
         for packet in due {
+            let advert = match packet.packet {
+                Packet::Announce => {
+                    self.last_announcer = Some(packet.from);
+                    continue;
+                }
+                Packet::Advert(advert) => advert,
+            };
             for to in 0..self.nodes.len() {
                 let n = &self.nodes[to];
                 if to == packet.from || !n.running || !n.connected {
                     continue;
                 }
-                match self.nodes[to]
-                    .router
-                    .receive(now, packet.src, &packet.advert)
-                {
+                match self.nodes[to].router.receive(now, packet.src, &advert) {
                     Ok(actions) => self.apply(to, actions),
                     Err(_) => self.rejected += 1,
                 }
@@ -328,14 +356,24 @@ impl Lan {
                     if n.connected {
                         let src = n.router.config().primary_ip;
                         self.wire.push(InFlight {
-                            at: self.now + self.latency,
+                            at: self.now + self.latency + n.extra_latency,
                             from: node,
                             src,
-                            advert,
+                            packet: Packet::Advert(advert),
                         });
                     }
                 }
-                Action::Announce { .. } => {}
+                Action::Announce { .. } => {
+                    let n = &self.nodes[node];
+                    if n.connected {
+                        self.wire.push(InFlight {
+                            at: self.now + self.latency + n.extra_latency,
+                            from: node,
+                            src: n.router.config().primary_ip,
+                            packet: Packet::Announce,
+                        });
+                    }
+                }
             }
         }
     }

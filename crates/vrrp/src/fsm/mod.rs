@@ -572,9 +572,16 @@ impl VirtualRouter {
                 out.push(Action::RemoveVips);
             }
             None if self.config.answer_lower_priority => {
-                // keepalived: answer a lower-priority advert at once, so the
-                // other Master steps down now rather than at our next advert.
+                // keepalived (vrrp_state_master_rx): answer a lower-priority
+                // advert at once, so the other Master steps down now rather
+                // than at our next advert, and refresh the LAN's ARP caches,
+                // which may hold the MAC of that other Master: when two
+                // Backups time out together, both announce the VIPs and the
+                // loser's announcement can arrive last.
                 out.push(Action::Send(self.advert(self.priority)));
+                out.push(Action::Announce {
+                    repeat: self.config.garp.repeat,
+                });
             }
             // RFC 3768 §6.4.3: "Otherwise: Discard the ADVERTISEMENT".
             None => {}

@@ -527,10 +527,14 @@ fn master_tie_break_by_primary_address() {
         )
     );
 
-    // From a lower address: stay, and answer at once (keepalived).
+    // From a lower address: stay, answer at once and re-announce the VIPs
+    // (keepalived), in case the LAN learnt the other Master's MAC.
     let (mut r, at) = master(k0s_config(), t0);
     let actions = r.receive(at, ip(LOWER), &advert).unwrap();
-    assert_eq!(actions, vec![Action::Send(r.advert(200))]);
+    assert_eq!(
+        actions,
+        vec![Action::Send(r.advert(200)), Action::Announce { repeat: 5 }]
+    );
     assert_eq!(r.state(), State::Master);
 
     // With the RFC's plain discard.
