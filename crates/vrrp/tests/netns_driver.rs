@@ -769,3 +769,51 @@ fn hostile_adverts_are_counted_by_reason_and_never_move_the_vip() {
         s.state == State::Backup
     });
 }
+
+#[test]
+fn several_instances_with_several_vips_each_on_one_interface() {
+    let t = Pair::new();
+    // VRIDs 61-63, three VIPs each; A leads 61 and 63, B leads 62.
+    let vips = |vrid: u8| -> Vec<IpAddr> {
+        (1..=3)
+            .map(|k| ip(&format!("198.51.100.{}", vrid * 3 + k)))
+            .collect()
+    };
+    let instances = |me: &str, leads_odd: bool| {
+        (61..=63u8)
+            .map(|vrid| {
+                let mut router = Config::new(Version::V2, vrid, ip(me), vips(vrid));
+                router.priority = if (vrid % 2 == 1) == leads_odd {
+                    200
+                } else {
+                    100
+                };
+                router.auth = Auth::pass(b"multi");
+                let mut config = InstanceConfig::new(router, "eth0");
+                config.vip_prefixes = vips(vrid)
+                    .into_iter()
+                    .map(|v| Vip::new(v, 24).unwrap())
+                    .collect();
+                config
+            })
+            .collect::<Vec<_>>()
+    };
+    let _a = Router::spawn(&t.a, instances("192.0.2.1", true));
+    let _b = Router::spawn(&t.b, instances("192.0.2.2", false));
+    wait_until("every VIP on its instance's leader only", WAIT, || {
+        let on_a = t.lab.addresses(&t.a, "eth0").unwrap();
+        let on_b = t.lab.addresses(&t.b, "eth0").unwrap();
+        (61..=63u8).all(|vrid| {
+            let (leader, other) = if vrid % 2 == 1 {
+                (&on_a, &on_b)
+            } else {
+                (&on_b, &on_a)
+            };
+            vips(vrid).iter().all(|vip| {
+                leader.iter().any(|x| x.ip == *vip && x.prefix_len == 24)
+                    && !other.iter().any(|x| x.ip == *vip)
+            })
+        })
+    })
+    .unwrap();
+}
