@@ -308,7 +308,9 @@ pub fn run_lan(script: &LanScript) {
             LanOp::LinkDown(n) => lan.link_down(pick(n)),
             LanOp::LinkUp(n) => lan.link_up(pick(n)),
             LanOp::SetPriority(n, p) => lan.set_priority(pick(n), *p),
-            LanOp::Inject { src, advert } => lan.inject(*src, advert.clone()),
+            LanOp::Inject { src, advert } => {
+                lan.inject(*src, advert.clone());
+            }
         }
         check(&lan);
     }

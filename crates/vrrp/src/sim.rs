@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::fsm::{Action, Config, ConfigError, Reason, State, VirtualRouter};
-use crate::wire::Advert;
+use crate::wire::{Advert, MULTICAST_V4, MULTICAST_V6};
 
 /// Index of a router on the [`Lan`].
 pub type NodeId = usize;
@@ -255,13 +255,29 @@ impl Lan {
 
     /// Puts a packet on the wire as if `src` had sent it, to arrive after the
     /// LAN's latency at every connected router (a hostile or foreign sender).
-    pub fn inject(&mut self, src: IpAddr, advert: Advert) {
+    /// Like real bytes, it goes through the codec: an advert the wire format
+    /// cannot carry (a v3 interval above 40.95 s, say) never arrives, and
+    /// what arrives is what [`Advert::parse`] makes of it. Returns whether it
+    /// was sent.
+    pub fn inject(&mut self, src: IpAddr, advert: Advert) -> bool {
+        let dst = match src {
+            IpAddr::V4(_) => IpAddr::V4(MULTICAST_V4),
+            IpAddr::V6(_) => IpAddr::V6(MULTICAST_V6),
+        };
+        let mut bytes = vec![0; advert.buffer_len()];
+        let Ok(len) = advert.emit(src, dst, &mut bytes) else {
+            return false;
+        };
+        let Ok(advert) = Advert::parse(bytes.get(..len).unwrap_or_default(), src, dst) else {
+            return false;
+        };
         self.wire.push(InFlight {
             at: self.now + self.latency,
             from: usize::MAX,
             src,
             packet: Packet::Advert(advert),
         });
+        true
     }
 
     /// Runs every event up to `now + duration`.

@@ -330,7 +330,7 @@ fn foreign_and_misconfigured_adverts_never_move_the_vip() {
     ];
     for _ in 0..10 {
         for advert in &hostile {
-            lan.inject(ip("192.0.2.66"), advert.clone());
+            assert!(lan.inject(ip("192.0.2.66"), advert.clone()));
         }
         lan.run_for(Duration::from_millis(500));
     }
