@@ -17,7 +17,9 @@ use std::io::{IoSlice, IoSliceMut, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6};
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrLike,
+};
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -219,10 +221,6 @@ impl VrrpSocket {
     /// and `dst`) from `src` to `dst`: the multicast group or a unicast
     /// peer. `src` must be an address of the interface.
     pub async fn send(&self, payload: &[u8], src: IpAddr, dst: IpAddr) -> Result<(), SocketError> {
-        let send_error = |source| SocketError::Send {
-            dst: dst.to_string(),
-            source,
-        };
         let ifindex = self.ifindex;
         match (src, dst, self.ipv6) {
             (IpAddr::V4(src), IpAddr::V4(dst), false) => {
@@ -234,22 +232,13 @@ impl VrrpSocket {
                     ipi_addr: in_addr(Ipv4Addr::UNSPECIFIED),
                 };
                 let to = SockaddrIn::from(SocketAddrV4::new(dst, 0));
-                self.fd
-                    .async_io(Interest::WRITABLE, |socket| {
-                        let iov = [IoSlice::new(payload)];
-                        let cmsg = [ControlMessage::Ipv4PacketInfo(&info)];
-                        nix::sys::socket::sendmsg(
-                            socket.as_raw_fd(),
-                            &iov,
-                            &cmsg,
-                            MsgFlags::empty(),
-                            Some(&to),
-                        )
-                        .map_err(std::io::Error::from)
-                    })
-                    .await
-                    .map(drop)
-                    .map_err(send_error)
+                self.send_msg(
+                    payload,
+                    ControlMessage::Ipv4PacketInfo(&info),
+                    &to,
+                    dst.into(),
+                )
+                .await
             }
             (IpAddr::V6(src), IpAddr::V6(dst), true) => {
                 // ipv6(7): IPV6_PKTINFO on send picks source and interface.
@@ -261,22 +250,13 @@ impl VrrpSocket {
                 };
                 // A link-local destination needs the scope too.
                 let to = SockaddrIn6::from(SocketAddrV6::new(dst, 0, 0, ifindex));
-                self.fd
-                    .async_io(Interest::WRITABLE, |socket| {
-                        let iov = [IoSlice::new(payload)];
-                        let cmsg = [ControlMessage::Ipv6PacketInfo(&info)];
-                        nix::sys::socket::sendmsg(
-                            socket.as_raw_fd(),
-                            &iov,
-                            &cmsg,
-                            MsgFlags::empty(),
-                            Some(&to),
-                        )
-                        .map_err(std::io::Error::from)
-                    })
-                    .await
-                    .map(drop)
-                    .map_err(send_error)
+                self.send_msg(
+                    payload,
+                    ControlMessage::Ipv6PacketInfo(&info),
+                    &to,
+                    dst.into(),
+                )
+                .await
             }
             _ => Err(SocketError::FamilyMismatch {
                 socket: if self.ipv6 { "IPv6" } else { "IPv4" },
@@ -284,6 +264,35 @@ impl VrrpSocket {
                 dst,
             }),
         }
+    }
+
+    /// One `sendmsg(2)` of `payload` to `to` with one control message (the
+    /// packet-info that picks source address and interface), when writable.
+    async fn send_msg<S: SockaddrLike>(
+        &self,
+        payload: &[u8],
+        cmsg: ControlMessage<'_>,
+        to: &S,
+        dst: IpAddr,
+    ) -> Result<(), SocketError> {
+        self.fd
+            .async_io(Interest::WRITABLE, |socket| {
+                let iov = [IoSlice::new(payload)];
+                nix::sys::socket::sendmsg(
+                    socket.as_raw_fd(),
+                    &iov,
+                    std::slice::from_ref(&cmsg),
+                    MsgFlags::empty(),
+                    Some(to),
+                )
+                .map_err(std::io::Error::from)
+            })
+            .await
+            .map(drop)
+            .map_err(|source| SocketError::Send {
+                dst: dst.to_string(),
+                source,
+            })
     }
 
     /// Receives the next VRRP packet on the interface.
