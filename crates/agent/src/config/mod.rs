@@ -799,16 +799,18 @@ impl Validator<'_> {
                     0
                 }),
         };
-        (self.problems.len() == before).then(|| VirtualServer {
-            ip_address: ip_address.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-            delay_loop,
-            lb_algo,
-            lb_kind,
-            persistence_timeout_seconds,
-        })
+        match ip_address {
+            Some(ip_address) if self.problems.len() == before => Some(VirtualServer {
+                ip_address,
+                delay_loop,
+                lb_algo,
+                lb_kind,
+                persistence_timeout_seconds,
+            }),
+            _ => None,
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn one_of(
         &mut self,
         path: &str,
