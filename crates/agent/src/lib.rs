@@ -5,3 +5,4 @@
 pub mod config;
 pub mod health;
 pub mod netfilter;
+pub mod status;
