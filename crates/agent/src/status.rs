@@ -90,7 +90,7 @@ pub struct NodeHealthReport {
 }
 
 /// The :6444 proxy.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyReport {
     /// Where it listens.
@@ -101,7 +101,7 @@ pub struct ProxyReport {
 }
 
 /// One backend of the proxy, with what the reconciler knows of it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendReport {
     /// Address.
