@@ -187,9 +187,16 @@ impl Lab {
     ///
     /// Fails early with [`LabError::MissingTool`] when `ip` is not there.
     pub fn new() -> Result<Lab, LabError> {
-        require_tool("ip", "iproute2")?;
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("{NETNS_PREFIX}{}-{n}-", std::process::id());
+        Lab::with_prefix(&format!("{NETNS_PREFIX}{}-{n}-", std::process::id()))
+    }
+
+    /// Like [`Lab::new`], with a namespace prefix chosen by the caller (a
+    /// demo's fixed, well-known one). The caller makes sure no namespace with
+    /// this prefix exists yet: [`cleanup_stale`] does not know it.
+    pub fn with_prefix(prefix: &str) -> Result<Lab, LabError> {
+        require_tool("ip", "iproute2")?;
+        let prefix = prefix.to_owned();
         let mut lab = Lab {
             bridge_netns: format!("{prefix}br"),
             prefix,

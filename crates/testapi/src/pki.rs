@@ -79,13 +79,27 @@ impl Pki {
     /// (and `localhost`, `kubernetes`) as SANs, like k0s's apiserver cert; a
     /// client certificate is verified against the CA when presented. Requests
     /// without one are answered 401 by the HTTP layer, as a real apiserver does.
-    pub(crate) fn server_config(&self, ip: IpAddr) -> Result<Arc<rustls::ServerConfig>, Error> {
-        let mut params = CertificateParams::new(vec![
-            ip.to_string(),
-            "localhost".to_owned(),
-            "kubernetes".to_owned(),
-            "kubernetes.default.svc".to_owned(),
-        ])?;
+    /// A wildcard listener (`0.0.0.0`, `::`) gets no SAN of its own, only
+    /// `extra_sans`. Every call issues a new key pair, so each listener's
+    /// certificate (and its fingerprint) is its own.
+    pub(crate) fn server_config(
+        &self,
+        ip: IpAddr,
+        extra_sans: &[IpAddr],
+    ) -> Result<Arc<rustls::ServerConfig>, Error> {
+        let mut sans: Vec<String> = Vec::new();
+        for ip in std::iter::once(ip).chain(extra_sans.iter().copied()) {
+            let ip_text = ip.to_string();
+            if !ip.is_unspecified() && !sans.contains(&ip_text) {
+                sans.push(ip_text);
+            }
+        }
+        sans.extend(
+            ["localhost", "kubernetes", "kubernetes.default.svc"]
+                .into_iter()
+                .map(str::to_owned),
+        );
+        let mut params = CertificateParams::new(sans)?;
         params.distinguished_name = name("kube-apiserver", None);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![

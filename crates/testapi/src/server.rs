@@ -2,7 +2,7 @@
 //! shared [`Store`] with Kubernetes semantics, plus fault injection.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +37,10 @@ pub struct ServerOptions {
     pub bookmark_interval: Duration,
     /// How long a watch without `timeoutSeconds` stays open.
     pub default_watch_timeout: Duration,
+    /// More IP SANs for this listener's certificate, beside its own IP: the
+    /// VIP and loopback, as k0s puts them in the apiserver certificate so
+    /// clients can verify it through the load balancer.
+    pub extra_sans: Vec<IpAddr>,
 }
 
 impl Default for ServerOptions {
@@ -45,6 +49,7 @@ impl Default for ServerOptions {
             serve_endpoint_slices: true,
             bookmark_interval: Duration::from_secs(1),
             default_watch_timeout: Duration::from_secs(1800),
+            extra_sans: Vec::new(),
         }
     }
 }
@@ -180,7 +185,11 @@ impl ApiServer {
         options: ServerOptions,
     ) -> Result<Self, Error> {
         let addr = listener.local_addr()?;
-        let acceptor = TlsAcceptor::from(cluster.pki().server_config(addr.ip())?);
+        let acceptor = TlsAcceptor::from(
+            cluster
+                .pki()
+                .server_config(addr.ip(), &options.extra_sans)?,
+        );
         let ctx = Arc::new(Ctx {
             store: cluster.store().clone(),
             addr,

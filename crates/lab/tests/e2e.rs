@@ -1,0 +1,409 @@
+//! cplb judged the way a k0s operator would: three controllers running the
+//! real `cplb` binary and a test apiserver each, a client talking to the
+//! VIP. Who holds the VIP is always read from the kernel (`ip -j addr` in
+//! each controller), never from logs; every wait has a deadline.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use cplb_lab::{ControlPlane, Family, Options, Prober};
+
+/// Start-up: the agents start, wait Master_Down_Interval (≈3.6 s at advert
+/// 1 s), one becomes Master.
+const ELECTION: Duration = Duration::from_secs(30);
+/// A failover: Master_Down_Interval plus slack for a loaded machine.
+const FAILOVER: Duration = Duration::from_secs(20);
+
+fn start(family: Family) -> ControlPlane {
+    ControlPlane::start(Options {
+        family,
+        ..Options::default()
+    })
+    .unwrap()
+}
+
+/// The tail of every agent's log, for failure messages.
+fn logs(lab: &ControlPlane) -> String {
+    let mut out = String::new();
+    for (i, c) in lab.controllers().iter().enumerate() {
+        let log = lab.agent_log(i);
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        out.push_str(&format!("\n----- {} ({}) -----\n{tail}\n", c.name, c.ip));
+    }
+    out
+}
+
+fn ok<T, E: std::fmt::Display>(lab: &ControlPlane, what: &str, result: Result<T, E>) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: {e}{}", logs(lab)))
+}
+
+/// Exactly one controller holds the VIP; returns it.
+fn one_holder(lab: &ControlPlane, timeout: Duration, pick: impl Fn(usize) -> bool) -> usize {
+    ok(lab, "VIP holder", lab.wait_for_holder(timeout, pick))
+}
+
+/// Among the controllers other than `old`, exactly one holds the VIP (a
+/// SIGKILLed or cut-off `old` may still have it in its kernel).
+fn new_holder(lab: &ControlPlane, old: usize) -> usize {
+    ok(
+        lab,
+        "a new VIP holder",
+        cplb_e2e::wait_for("another controller to take the VIP", FAILOVER, || {
+            let others: Vec<usize> = lab
+                .holders()
+                .ok()?
+                .into_iter()
+                .filter(|&i| i != old)
+                .collect();
+            match others.as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            }
+        }),
+    )
+}
+
+/// The holder set stays exactly `[holder]` for `period` (sampled).
+fn stays_sole_holder(lab: &ControlPlane, holder: usize, period: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < period {
+        let now = ok(lab, "holders", lab.holders());
+        assert_eq!(
+            now,
+            vec![holder],
+            "the VIP holder changed after {:?}{}",
+            start.elapsed(),
+            logs(lab)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A request through the VIP succeeds (HTTP 200) within `timeout`.
+fn vip_serves(lab: &ControlPlane, prober: &Prober, timeout: Duration) {
+    let api = lab.vip_api();
+    ok(
+        lab,
+        "a request through the VIP",
+        cplb_e2e::wait_for("a request through the VIP to succeed", timeout, || {
+            prober.get(api, "/version").ok().filter(|a| a.status == 200)
+        }),
+    );
+}
+
+/// Distinct server certificates among 15 requests through the VIP.
+fn certificates_in_15(lab: &ControlPlane, prober: &Prober) -> BTreeSet<String> {
+    (0..15)
+        .filter_map(|_| prober.get(lab.vip_api(), "/version").ok())
+        .filter(|a| a.status == 200)
+        .map(|a| a.fingerprint)
+        .collect()
+}
+
+/// Waits until the proxy balances over all three apiservers (it learns
+/// them from the EndpointSlice): a batch of 15 requests sees three
+/// certificates.
+fn balanced(lab: &ControlPlane, prober: &Prober) -> BTreeSet<String> {
+    ok(
+        lab,
+        "load balancing",
+        cplb_e2e::wait_for("3 certificates in 15 requests", ELECTION, || {
+            let seen = certificates_in_15(lab, prober);
+            (seen.len() >= 3).then_some(seen)
+        }),
+    )
+}
+
+/// Waits until controller `i` has its REDIRECT rule(s) and returns them.
+fn rules(lab: &ControlPlane, i: usize) -> Vec<String> {
+    ok(
+        lab,
+        "REDIRECT rules",
+        cplb_e2e::wait_for("the REDIRECT rule", ELECTION, || {
+            lab.redirect_rules(i).ok().filter(|r| !r.is_empty())
+        }),
+    )
+}
+
+fn prerouting(rules: &[String]) -> usize {
+    rules.iter().filter(|r| r.contains("PREROUTING")).count()
+}
+
+fn prober(lab: &ControlPlane) -> Prober {
+    ok(
+        lab,
+        "client prober",
+        lab.client_prober(Duration::from_secs(2)),
+    )
+}
+
+fn basics(family: Family) {
+    let lab = start(family);
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    stays_sole_holder(&lab, holder, Duration::from_secs(3));
+    for i in 0..3 {
+        let r = rules(&lab, i);
+        assert_eq!(prerouting(&r), 1, "controller {i}: {r:?}{}", logs(&lab));
+        assert!(
+            r.iter()
+                .all(|l| l.contains("--dport 6443") && l.contains("6444")),
+            "controller {i}: {r:?}"
+        );
+        let links = ok(&lab, "links", lab.links(i));
+        assert!(
+            !links.iter().any(|l| l == "dummyvip0"),
+            "controller {i} has {links:?}"
+        );
+    }
+    let p = prober(&lab);
+    let seen = balanced(&lab, &p);
+    assert_eq!(seen.len(), 3);
+    // The three certificates are the three apiservers' own.
+    let direct: BTreeSet<String> = ok(&lab, "fingerprints", lab.fingerprints())
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(seen, direct);
+
+    let out = ok(
+        &lab,
+        "kubectl",
+        cplb_e2e::wait_for("kubectl through the VIP", FAILOVER, || {
+            lab.kubectl(&["get", "endpointslices", "-n", "default", "-o", "name"])
+                .ok()
+                .filter(|o| o.status.success())
+        }),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l == "endpointslice.discovery.k8s.io/kubernetes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn one_holder_rules_everywhere_load_balancing_and_kubectl_ipv4() {
+    basics(Family::V4);
+}
+
+#[test]
+fn one_holder_rules_everywhere_load_balancing_and_kubectl_ipv6_vrrpv3() {
+    basics(Family::V6);
+}
+
+#[test]
+fn failover_when_the_holders_link_goes_down() {
+    let lab = start(Family::V4);
+    let p = prober(&lab);
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    vip_serves(&lab, &p, ELECTION);
+    ok(&lab, "link down", lab.set_link(holder, false));
+    let next = new_holder(&lab, holder);
+    assert_ne!(next, holder);
+    vip_serves(&lab, &p, FAILOVER);
+}
+
+#[test]
+fn failover_when_the_holders_agent_is_sigkilled() {
+    let mut lab = start(Family::V4);
+    let p = prober(&lab);
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    vip_serves(&lab, &p, ELECTION);
+    {
+        let r = lab.kill_agent(holder);
+        ok(&lab, "SIGKILL", r)
+    };
+    let next = new_holder(&lab, holder);
+    assert_ne!(next, holder);
+    vip_serves(&lab, &p, FAILOVER);
+}
+
+#[test]
+fn failover_when_the_holders_agent_is_sigtermed_leaves_nothing_behind() {
+    let mut lab = start(Family::V4);
+    let p = prober(&lab);
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    rules(&lab, holder);
+    vip_serves(&lab, &p, ELECTION);
+    let status = {
+        let r = lab.stop_agent(holder, Duration::from_secs(15));
+        ok(&lab, "SIGTERM", r)
+    };
+    assert!(status.success(), "exit status {status}{}", logs(&lab));
+    let next = one_holder(&lab, FAILOVER, |i| i != holder);
+    assert_ne!(next, holder);
+    vip_serves(&lab, &p, FAILOVER);
+    let left = ok(&lab, "rules", lab.redirect_rules(holder));
+    assert!(left.is_empty(), "rules left on the old holder: {left:?}");
+    assert!(!ok(&lab, "holders", lab.holders()).contains(&holder));
+}
+
+#[test]
+fn backend_loss_on_the_holder_is_routed_around_without_moving_the_vip() {
+    let mut lab = start(Family::V4);
+    let p = prober(&lab);
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    balanced(&lab, &p);
+    {
+        let r = lab.stop_apiserver(holder);
+        ok(&lab, "stop apiserver", r)
+    };
+    // The bound the test asserts: 2 s after the apiserver died, no request
+    // through the VIP fails.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut seen = BTreeSet::new();
+    for k in 0..15 {
+        let answer = p.get(lab.vip_api(), "/version");
+        match answer {
+            Ok(a) if a.status == 200 => {
+                seen.insert(a.fingerprint);
+            }
+            other => panic!(
+                "request {k} through the VIP failed: {other:?}{}",
+                logs(&lab)
+            ),
+        }
+    }
+    assert_eq!(seen.len(), 2, "the two live apiservers serve");
+    assert_eq!(ok(&lab, "holders", lab.holders()), vec![holder]);
+}
+
+#[test]
+fn an_agent_restarted_after_sigkill_rejoins_as_backup_with_no_stale_state() {
+    let mut lab = start(Family::V4);
+    let p = prober(&lab);
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    rules(&lab, holder);
+    {
+        let r = lab.kill_agent(holder);
+        ok(&lab, "SIGKILL", r)
+    };
+    let next = new_holder(&lab, holder);
+    vip_serves(&lab, &p, FAILOVER);
+
+    {
+        let r = lab.start_agent(holder);
+        ok(&lab, "restart", r)
+    };
+    // The restarted agent drops the VIP the killed one left behind.
+    let now = one_holder(&lab, FAILOVER, |_| true);
+    assert_eq!(now, next, "the restarted agent took the VIP{}", logs(&lab));
+    let r = rules(&lab, holder);
+    // Give it time to (wrongly) add a second rule or take the VIP.
+    stays_sole_holder(&lab, next, Duration::from_secs(5));
+    let r2 = ok(&lab, "rules", lab.redirect_rules(holder));
+    assert_eq!(prerouting(&r), 1, "{r:?}");
+    assert_eq!(r, r2, "rules changed");
+    vip_serves(&lab, &p, FAILOVER);
+}
+
+#[test]
+fn a_cut_cable_then_healed_leaves_exactly_one_holder() {
+    let lab = start(Family::V4);
+    let p = prober(&lab);
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    ok(
+        &lab,
+        "cut",
+        lab.lab().cut_cable(&lab.controllers()[holder].name),
+    );
+    new_holder(&lab, holder);
+    vip_serves(&lab, &p, FAILOVER);
+    ok(
+        &lab,
+        "plug",
+        lab.lab().plug_cable(&lab.controllers()[holder].name),
+    );
+    let after = one_holder(&lab, FAILOVER, |_| true);
+    stays_sole_holder(&lab, after, Duration::from_secs(4));
+    vip_serves(&lab, &p, FAILOVER);
+}
+
+#[test]
+fn a_partition_then_heal_leaves_exactly_one_holder() {
+    let lab = start(Family::V4);
+    let p = prober(&lab);
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    // Off the bridge, carrier up: the holder keeps the VIP, the others
+    // elect another: two holders until the partition heals.
+    ok(&lab, "partition", lab.set_partitioned(holder, true));
+    new_holder(&lab, holder);
+    vip_serves(&lab, &p, FAILOVER);
+    ok(&lab, "heal", lab.set_partitioned(holder, false));
+    let after = one_holder(&lab, FAILOVER, |_| true);
+    stays_sole_holder(&lab, after, Duration::from_secs(4));
+    vip_serves(&lab, &p, FAILOVER);
+}
+
+#[test]
+fn rolling_upgrade_from_k0s_keepalived_one_controller_at_a_time() {
+    let mut lab = ControlPlane::start(Options {
+        start_agents: false,
+        ..Options::default()
+    })
+    .unwrap();
+    let p = prober(&lab);
+    for i in 0..3 {
+        {
+            let r = lab.start_legacy(i);
+            ok(&lab, "keepalived controller", r)
+        };
+    }
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    vip_serves(&lab, &p, ELECTION);
+    stays_sole_holder(&lab, holder, Duration::from_secs(2));
+    // Upgrade the backups first and the holder last, as the migration
+    // guide says; then once more in index order is covered by the others.
+    let mut order: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
+    order.push(holder);
+    for i in order {
+        {
+            let r = lab.stop_legacy(i, Duration::from_secs(10));
+            ok(&lab, "stop keepalived", r)
+        };
+        {
+            let r = lab.start_agent(i);
+            ok(&lab, "start cplb", r)
+        };
+        let r = rules(&lab, i);
+        assert_eq!(prerouting(&r), 1, "controller {i}: {r:?}");
+        let now = one_holder(&lab, FAILOVER, |_| true);
+        stays_sole_holder(&lab, now, Duration::from_secs(3));
+        vip_serves(&lab, &p, FAILOVER);
+    }
+    let seen = balanced(&lab, &p);
+    assert_eq!(seen.len(), 3);
+}
+
+/// The lab itself, with k0s's keepalived + REDIRECT + a proxy on every
+/// controller instead of cplb: the baseline cplb is held to.
+#[test]
+fn the_k0s_keepalived_baseline_balances_and_serves_kubectl() {
+    let mut lab = ControlPlane::start(Options {
+        start_agents: false,
+        ..Options::default()
+    })
+    .unwrap();
+    let p = prober(&lab);
+    for i in 0..3 {
+        let r = lab.start_legacy(i);
+        ok(&lab, "keepalived controller", r);
+    }
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    stays_sole_holder(&lab, holder, Duration::from_secs(2));
+    assert_eq!(balanced(&lab, &p).len(), 3);
+    let out = ok(
+        &lab,
+        "kubectl",
+        cplb_e2e::wait_for("kubectl through the VIP", FAILOVER, || {
+            lab.kubectl(&["get", "endpointslices", "-n", "default", "-o", "name"])
+                .ok()
+                .filter(|o| o.status.success())
+        }),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("endpointslice.discovery.k8s.io/kubernetes")
+    );
+}
