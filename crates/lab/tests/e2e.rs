@@ -377,12 +377,22 @@ fn rolling_upgrade_from_k0s_keepalived_one_controller_at_a_time() {
     assert_eq!(seen.len(), 3);
 }
 
-/// The lab itself, with k0s's keepalived + REDIRECT + a proxy on every
-/// controller instead of cplb: the baseline cplb is held to.
+// The lab itself, with k0s's keepalived + REDIRECT + a proxy on every
+// controller instead of cplb: the baseline cplb is held to.
 #[test]
-fn the_k0s_keepalived_baseline_balances_and_serves_kubectl() {
+fn the_k0s_keepalived_baseline_balances_and_serves_kubectl_ipv4() {
+    keepalived_baseline(Family::V4);
+}
+
+#[test]
+fn the_k0s_keepalived_baseline_balances_and_serves_kubectl_ipv6() {
+    keepalived_baseline(Family::V6);
+}
+
+fn keepalived_baseline(family: Family) {
     let mut lab = ControlPlane::start(Options {
         start_agents: false,
+        family,
         ..Options::default()
     })
     .unwrap();
@@ -406,4 +416,32 @@ fn the_k0s_keepalived_baseline_balances_and_serves_kubectl() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("endpointslice.discovery.k8s.io/kubernetes")
     );
+}
+
+#[test]
+fn a_lab_refuses_a_prefix_in_use_and_clean_removes_it_with_its_processes() {
+    // Shaped like the harness's unique prefixes, so `cleanup_stale` knows it.
+    let prefix = format!("cplbt-{}-fixed-", std::process::id());
+    let options = Options {
+        prefix: Some(prefix.clone()),
+        start_agents: false,
+        ..Options::default()
+    };
+    let mut lab = ControlPlane::start(options.clone()).unwrap();
+    let r = lab.start_legacy(0);
+    ok(&lab, "keepalived controller", r);
+    let err = ControlPlane::start(options).unwrap_err();
+    assert!(
+        matches!(err, cplb_lab::Error::AlreadyRunning(_))
+            && err.to_string().contains("cplb-lab clean"),
+        "{err}"
+    );
+    let removed = cplb_lab::clean::clean(&prefix, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        removed.len(),
+        5,
+        "bridge, three controllers, client: {removed:?}"
+    );
+    assert!(cplb_e2e::list_netns(&prefix).unwrap().is_empty());
+    assert!(!lab.dir().exists());
 }
