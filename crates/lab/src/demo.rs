@@ -17,6 +17,9 @@ pub struct DemoOptions {
     pub keep: bool,
     /// IPv6 (VRRPv3) instead of IPv4.
     pub family: Family,
+    /// Run k0s's keepalived + REDIRECT + a proxy (haproxy) on the
+    /// controllers instead of cplb, for comparison.
+    pub keepalived: bool,
 }
 
 /// Prints timestamped lines and a progress line.
@@ -118,24 +121,40 @@ pub fn run(options: DemoOptions) -> Result<(), Error> {
     let mut lab = ControlPlane::start(Options {
         prefix: Some(DEMO_PREFIX.to_owned()),
         family,
-        start_agents: true,
+        start_agents: !options.keepalived,
         log_level: None,
     })?;
+    let agent = if options.keepalived {
+        for i in 0..3 {
+            lab.start_legacy(i)?;
+        }
+        "keepalived"
+    } else {
+        "cplb"
+    };
     let vip = lab.vip();
     let mut hosts = String::new();
     for c in lab.controllers() {
         hosts.push_str(&format!(
-            "{}: {} — a test kube-apiserver on :6443 and `cplb run --config {}`\n",
+            "{}: {} — a test kube-apiserver on :6443 and {}\n",
             c.name,
             c.ip,
-            c.config.display()
+            if options.keepalived {
+                "keepalived as k0s renders it, k0s's REDIRECT rule and haproxy on :6444".to_owned()
+            } else {
+                format!("`cplb run --config {}`", c.config.display())
+            }
         ));
     }
     n.say(&format!(
-        "{hosts}client: {} — a kubeconfig for https://{}\nVIP: {vip} ({version}), agent binary {}",
+        "{hosts}client: {} — a kubeconfig for https://{}\nVIP: {vip} ({version}){}",
         lab.family().client_cidr(),
         lab.vip_api(),
-        lab.cplb_binary().display()
+        if options.keepalived {
+            String::new()
+        } else {
+            format!(", agent binary {}", lab.cplb_binary().display())
+        }
     ));
 
     let holder = n.wait(
@@ -221,10 +240,19 @@ pub fn run(options: DemoOptions) -> Result<(), Error> {
     std::thread::sleep(Duration::from_millis(500));
     let stopped_at = Instant::now();
     n.say(&format!(
-        "Stopping the VIP holder's agent: SIGTERM to cplb on {} (the client probes the VIP every 100 ms meanwhile).",
+        "Stopping the VIP holder's agent: SIGTERM to {agent} on {} (the client probes the VIP every 100 ms meanwhile).",
         name(holder)
     ));
-    let status = lab.stop_agent(holder, Duration::from_secs(15))?;
+    let status = if options.keepalived {
+        lab.stop_legacy(holder, Duration::from_secs(15))?;
+        "stopped, its REDIRECT rule deleted and haproxy stopped (as turning k0s's CPLB off does)"
+            .to_owned()
+    } else {
+        format!(
+            "exited with {}",
+            lab.stop_agent(holder, Duration::from_secs(15))?
+        )
+    };
     let next = n.wait(
         "waiting for another controller to take the VIP",
         Duration::from_secs(20),
@@ -244,7 +272,7 @@ pub fn run(options: DemoOptions) -> Result<(), Error> {
     stop.store(true, Ordering::SeqCst);
     let samples = sampler.join().unwrap_or_default();
     n.say(&format!(
-        "The VIP moved to {} ({:.1} s after the SIGTERM); {}'s agent exited with {status}.",
+        "The VIP moved to {} ({:.1} s after the SIGTERM); {}'s {agent} {status}.",
         name(next),
         moved_after.as_secs_f64(),
         name(holder)
@@ -269,10 +297,14 @@ pub fn run(options: DemoOptions) -> Result<(), Error> {
     kubectl(&n, &lab, "The cluster works again through the VIP")?;
 
     n.say(&format!(
-        "Starting {}'s agent again: it rejoins as Backup and leaves the VIP where it is.",
+        "Starting {}'s {agent} again: it rejoins as Backup and leaves the VIP where it is.",
         name(holder)
     ));
-    lab.start_agent(holder)?;
+    if options.keepalived {
+        lab.start_legacy(holder)?;
+    } else {
+        lab.start_agent(holder)?;
+    }
     n.wait(
         "waiting for the restarted agent's REDIRECT rule",
         Duration::from_secs(15),

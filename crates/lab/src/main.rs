@@ -27,6 +27,10 @@ enum Command {
         /// An IPv6 lab (2001:db8::/64, VRRPv3).
         #[arg(long)]
         ipv6: bool,
+        /// Run k0s's keepalived, REDIRECT rule and a proxy (haproxy) on the
+        /// controllers instead of cplb, for comparison.
+        #[arg(long)]
+        keepalived: bool,
     },
     /// Remove the demo lab's namespaces, processes and files.
     Clean,
@@ -44,10 +48,19 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Demo { keep, ipv6 } => {
+        Command::Demo {
+            keep,
+            ipv6,
+            keepalived,
+        } => {
             on_interrupt_clean_up()?;
             let family = if ipv6 { Family::V6 } else { Family::V4 };
-            demo::run(DemoOptions { keep, family }).context("demo failed")
+            demo::run(DemoOptions {
+                keep,
+                family,
+                keepalived,
+            })
+            .context("demo failed")
         }
         Command::Clean => {
             let removed = clean::clean(DEMO_PREFIX, Duration::from_secs(5))?;
