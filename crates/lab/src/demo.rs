@@ -344,6 +344,9 @@ pub fn run(options: DemoOptions) -> Result<(), Error> {
             std::thread::sleep(Duration::from_secs(1));
         }
         n.say("The lab was removed; exiting.");
+        // Its namespaces and processes are gone already: nothing for Drop
+        // to do but complain.
+        std::mem::forget(lab);
         return Ok(());
     }
     n.say("Cleaning up: agents stopped, namespaces deleted.");
