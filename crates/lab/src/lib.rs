@@ -136,7 +136,7 @@ impl Default for Options {
             prefix: None,
             family: Family::V4,
             start_agents: true,
-            log_level: Some("debug".to_owned()),
+            log_level: Some("info,cplb=debug,cplb_vrrp=debug,cplb_reconciler=debug".to_owned()),
         }
     }
 }
