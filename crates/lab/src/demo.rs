@@ -101,6 +101,7 @@ fn who(names: &BTreeMap<String, String>, fingerprint: &str) -> String {
 struct Sample {
     at: Instant,
     served_by: Option<String>,
+    error: Option<String>,
 }
 
 /// Runs the demo; on success the lab is gone, or still running with `keep`
@@ -381,12 +382,16 @@ fn sample(
     let start = Instant::now();
     while !stop.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(120) {
         let at = Instant::now();
-        let served_by = prober
-            .get(api, "/version")
-            .ok()
-            .filter(|a| a.status == 200)
-            .map(|a| who(names, &a.fingerprint));
-        samples.push(Sample { at, served_by });
+        let (served_by, error) = match prober.get(api, "/version") {
+            Ok(a) if a.status == 200 => (Some(who(names, &a.fingerprint)), None),
+            Ok(a) => (None, Some(format!("HTTP {}", a.status))),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        samples.push(Sample {
+            at,
+            served_by,
+            error,
+        });
         std::thread::sleep(Duration::from_millis(100).saturating_sub(at.elapsed()));
     }
     samples
@@ -420,10 +425,11 @@ fn outage(samples: &[Sample], t0: Instant) -> String {
                 },
             );
             format!(
-                "The client saw {} of {total} probes fail, from {} to {} relative to the SIGTERM ({window}).",
+                "The client saw {} of {total} probes fail, from {} to {} relative to the SIGTERM ({window}); the first failure: {}.",
                 failed.len(),
                 secs(first.at),
-                secs(last.at)
+                secs(last.at),
+                first.error.as_deref().unwrap_or_default()
             )
         }
         _ => format!(
