@@ -463,6 +463,42 @@ impl ControlPlane {
         Ok(out.status)
     }
 
+    /// The pid of the agent process started on controller `i` (with
+    /// `--supervise`, the supervisor's).
+    pub fn agent_pid(&self, i: usize) -> Result<u32, Error> {
+        Ok(self.lab.child_pid(self.agent(i)?)?)
+    }
+
+    /// The children of controller `i`'s agent process: with `--supervise`,
+    /// the worker (read from `/proc/<pid>/task/*/children`).
+    pub fn agent_children(&self, i: usize) -> Result<Vec<u32>, Error> {
+        let pid = self.agent_pid(i)?;
+        let tasks = PathBuf::from(format!("/proc/{pid}/task"));
+        let entries = fs::read_dir(&tasks).map_err(|source| Error::File {
+            path: tasks.clone(),
+            source,
+        })?;
+        let mut children = Vec::new();
+        for entry in entries.flatten() {
+            let text = fs::read_to_string(entry.path().join("children")).unwrap_or_default();
+            children.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+        Ok(children)
+    }
+
+    /// What controller `i`'s keepalived complained about in its peers'
+    /// adverts since it started (see [`Keepalived::complaints`]).
+    pub fn legacy_complaints(&self, i: usize) -> Vec<String> {
+        self.legacy
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(|l| l.keepalived.complaints())
+            .unwrap_or_default()
+    }
+
     fn agent(&self, i: usize) -> Result<ChildId, Error> {
         self.agents
             .get(i)

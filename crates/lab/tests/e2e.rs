@@ -359,6 +359,14 @@ fn rolling_upgrade_from_k0s_keepalived_one_controller_at_a_time() {
     let mut order: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
     order.push(holder);
     for i in order {
+        // keepalived must not object to the cplb nodes' adverts.
+        for k in 0..3 {
+            let complaints = lab.legacy_complaints(k);
+            assert!(
+                complaints.is_empty(),
+                "keepalived on controller {k}: {complaints:?}"
+            );
+        }
         {
             let r = lab.stop_legacy(i, Duration::from_secs(10));
             ok(&lab, "stop keepalived", r)
@@ -444,4 +452,47 @@ fn a_lab_refuses_a_prefix_in_use_and_clean_removes_it_with_its_processes() {
     );
     assert!(cplb_e2e::list_netns(&prefix).unwrap().is_empty());
     assert!(!lab.dir().exists());
+}
+
+#[test]
+fn a_supervised_agent_whose_worker_is_sigkilled_hands_over_and_rejoins() {
+    let mut lab = ControlPlane::start(Options {
+        start_agents: false,
+        ..Options::default()
+    })
+    .unwrap();
+    let p = prober(&lab);
+    for i in 0..3 {
+        let r = lab.start_agent_with(i, &["--supervise"]);
+        ok(&lab, "cplb run --supervise", r);
+    }
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    vip_serves(&lab, &p, ELECTION);
+    let workers = ok(&lab, "worker pid", lab.agent_children(holder));
+    let [worker] = workers.as_slice() else {
+        panic!("expected one worker under the supervisor: {workers:?}");
+    };
+    let worker = nix::unistd::Pid::from_raw(i32::try_from(*worker).unwrap());
+    nix::sys::signal::kill(worker, nix::sys::signal::Signal::SIGKILL).unwrap();
+    // The supervisor's release removes the VIP from the old holder: exactly
+    // one holder, another one.
+    let next = one_holder(&lab, FAILOVER, |i| i != holder);
+    vip_serves(&lab, &p, FAILOVER);
+    // The restarted worker rejoins as Backup, with one rule.
+    ok(
+        &lab,
+        "a new worker",
+        cplb_e2e::wait_for("the supervisor to restart the worker", FAILOVER, || {
+            lab.agent_children(holder)
+                .ok()
+                .filter(|w| w.len() == 1 && w[0] != worker.as_raw().unsigned_abs())
+        }),
+    );
+    let r = rules(&lab, holder);
+    stays_sole_holder(&lab, next, Duration::from_secs(5));
+    assert_eq!(prerouting(&r), 1, "{r:?}");
+    assert_eq!(
+        prerouting(&ok(&lab, "rules", lab.redirect_rules(holder))),
+        1
+    );
 }
