@@ -244,16 +244,11 @@ pub fn run(options: DemoOptions) -> Result<(), Error> {
         "Stopping the VIP holder's agent: SIGTERM to {agent} on {} (the client probes the VIP every 100 ms meanwhile).",
         name(holder)
     ));
-    let status = if options.keepalived {
+    if options.keepalived {
         lab.stop_legacy(holder, Duration::from_secs(15))?;
-        "stopped, its REDIRECT rule deleted and haproxy stopped (as turning k0s's CPLB off does)"
-            .to_owned()
     } else {
-        format!(
-            "exited with {}",
-            lab.stop_agent(holder, Duration::from_secs(15))?
-        )
-    };
+        lab.signal_agent(holder, nix::sys::signal::Signal::SIGTERM)?;
+    }
     let next = n.wait(
         "waiting for another controller to take the VIP",
         Duration::from_secs(20),
@@ -263,6 +258,16 @@ pub fn run(options: DemoOptions) -> Result<(), Error> {
         },
     )?;
     let moved_after = stopped_at.elapsed();
+    let status = if options.keepalived {
+        "stopped, its REDIRECT rule deleted and haproxy stopped (as turning k0s's CPLB off does)"
+            .to_owned()
+    } else {
+        let status = lab.wait_agent(holder, Duration::from_secs(30))?;
+        format!(
+            "exited with {status}, {:.1} s after the SIGTERM",
+            stopped_at.elapsed().as_secs_f64()
+        )
+    };
     // Let the client see the service again for a while before judging.
     let _ = n.wait(
         "waiting for the client's requests to succeed again",
@@ -329,13 +334,14 @@ pub fn run(options: DemoOptions) -> Result<(), Error> {
              ip netns list | grep {DEMO_PREFIX}\n\
              ip netns exec {ns} {cplb} status --address {ADMIN_ADDRESS}\n\
              ip -n {ns} addr show eth0\n\
-             ip netns exec {ns} iptables-save -t nat\n\
+             ip netns exec {ns} {save} -t nat\n\
              ip netns exec {client} kubectl --kubeconfig {kc} get endpointslices -n default\n\
              less {log}\n\
              Stop it with Ctrl-C here, or `cplb-lab clean` from another shell.",
             ns = first.netns,
             cplb = lab.cplb_binary().display(),
             client = lab.client_netns(),
+            save = lab.family().iptables_save(),
             kc = lab.client_kubeconfig().display(),
             log = first.log.display(),
         ));

@@ -101,7 +101,8 @@ impl Family {
             Family::V6 => "2001:db8::100/64",
         }
     }
-    fn iptables_save(self) -> &'static str {
+    /// `iptables-save` or `ip6tables-save`.
+    pub fn iptables_save(self) -> &'static str {
         match self {
             Family::V4 => "iptables-save",
             Family::V6 => "ip6tables-save",
@@ -456,8 +457,14 @@ impl ControlPlane {
     /// SIGTERMs controller `i`'s agent and waits (bounded) for it to exit;
     /// returns its exit status.
     pub fn stop_agent(&mut self, i: usize, timeout: Duration) -> Result<ExitStatus, Error> {
+        self.signal_agent(i, Signal::SIGTERM)?;
+        self.wait_agent(i, timeout)
+    }
+
+    /// Waits (bounded) for controller `i`'s agent to exit by itself (after
+    /// a signal) and returns its exit status.
+    pub fn wait_agent(&mut self, i: usize, timeout: Duration) -> Result<ExitStatus, Error> {
         let id = self.agent(i)?;
-        self.lab.signal(id, Signal::SIGTERM)?;
         let out = self.lab.wait_child(id, timeout)?;
         self.agents[i] = None;
         Ok(out.status)
