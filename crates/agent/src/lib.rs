@@ -5,4 +5,5 @@
 pub mod config;
 pub mod health;
 pub mod netfilter;
+pub mod run;
 pub mod status;
