@@ -964,7 +964,10 @@ impl Validator<'_> {
                     _ => self.problem(
                         &format!("cplb.health.{name}"),
                         Some(&text.referenced),
-                        format!("{name} must be a non-negative duration like 3s. Got: {}", text.value),
+                        format!(
+                            "{name} must be a non-negative duration like 3s. Got: {}",
+                            text.value
+                        ),
                     ),
                 }
             }
