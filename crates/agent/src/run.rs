@@ -702,7 +702,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
             }
         }
         if let Some(lb) = lb.as_mut()
-            && ticks % RULE_CHECK_EVERY == 0
+            && ticks.is_multiple_of(RULE_CHECK_EVERY)
         {
             lb.check_rules();
         }
