@@ -772,6 +772,7 @@ fn write_status(out: &mut String, r: &StatusReport) -> fmt::Result {
         }
     }
 
+    writeln!(out)?;
     let h = &r.health;
     if !h.tracking {
         writeln!(
@@ -935,4 +936,51 @@ fn align(rows: &[Vec<String>], seps: &[&str]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_formats() {
+        assert_eq!(format_uptime(0.0), "0s");
+        assert_eq!(format_uptime(59.9), "59s");
+        assert_eq!(format_uptime(185.0), "3m05s");
+        assert_eq!(format_uptime(3600.0), "1h00m00s");
+        assert_eq!(
+            format_uptime(2.0 * 86_400.0 + 3.0 * 3600.0 + 4.0 * 60.0 + 5.0),
+            "2d03h04m"
+        );
+        assert_eq!(format_uptime(-5.0), "0s");
+        assert_eq!(format_uptime(f64::NAN), "0s");
+    }
+
+    #[test]
+    fn milliseconds_format() {
+        assert_eq!(format_ms(0.0004), "0.4ms");
+        assert_eq!(format_ms(0.012), "12ms");
+        assert_eq!(format_ms(1.5), "1500ms");
+    }
+
+    #[test]
+    fn align_pads_all_but_the_last_column() {
+        let rows = vec![
+            vec!["a".to_owned(), "bbb".to_owned(), "c".to_owned()],
+            vec!["aaaa".to_owned(), "b".to_owned(), "".to_owned()],
+            vec!["x".to_owned()],
+        ];
+        assert_eq!(align(&rows, &[" "]), "a    bbb  c\naaaa b\nx\n");
+        assert_eq!(align(&[], &[]), "");
+    }
+
+    #[test]
+    fn readiness_reason() {
+        let mut r = StatusReport::default();
+        assert_eq!(not_ready_reason(&r), Some("not ready\n"));
+        r.ready = true;
+        assert_eq!(not_ready_reason(&r), None);
+        r.stopping = true;
+        assert_eq!(not_ready_reason(&r), Some("stopping\n"));
+    }
 }
