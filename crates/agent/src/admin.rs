@@ -9,7 +9,26 @@
 //!
 //! `/metrics` speaks the Prometheus text format 0.0.4
 //! (`text/plain; version=0.0.4; charset=utf-8`), encoded by
-//! `prometheus-client`'s `prometheus_text` encoder.
+//! `prometheus-client`'s `prometheus_text` encoder. The families:
+//!
+//! - agent: `cplb_build_info{version}`, `cplb_ready`, `cplb_uptime_seconds`
+//! - per VRRP instance (`vrid`, `interface`): `cplb_vrrp_state{state}` (1 for
+//!   the current state, 0 for initialize/backup/master/fault otherwise),
+//!   `cplb_vrrp_priority`, `cplb_vrrp_transitions_total`,
+//!   `cplb_vrrp_adverts_sent_total`, `cplb_vrrp_adverts_received_total`,
+//!   `cplb_vrrp_packets_dropped_total{reason}`
+//! - node: `cplb_node_healthy`, `cplb_node_effective_priority` (the base
+//!   priority, or the degraded one while tracking reports degraded)
+//! - per proxy backend (`backend` = address): `cplb_backend_up`,
+//!   `cplb_backend_in_set`, `cplb_backend_health_check_duration_seconds`
+//!   (only once checked), `cplb_proxy_connections_total`,
+//!   `cplb_proxy_connections_active`, `cplb_proxy_connect_errors_total{reason}`,
+//!   `cplb_proxy_bytes_total{direction="to_backend"|"from_backend"}`
+//! - `cplb_reconciler_updates_total`, `cplb_reconciler_watch_errors_total`,
+//!   `cplb_netfilter_rules_in_place`
+//!
+//! With `disableLoadBalancer` the backend, proxy, reconciler and netfilter
+//! families are absent.
 
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
@@ -124,7 +143,7 @@ impl StatusSource for watch::Receiver<StatusReport> {
     }
 }
 
-/// A fixed report (tests, `cplb status --file`-like uses).
+/// A fixed report (tests, one-off encoding).
 impl StatusSource for StatusReport {
     fn report(&self) -> StatusReport {
         self.clone()
@@ -136,9 +155,9 @@ impl StatusSource for StatusReport {
 /// Serves the admin endpoint on `listener` until `cancel` fires.
 ///
 /// After `cancel` it stops accepting, lets each open connection finish its
-/// request (at most [`CONNECTION_GRACE`]) and returns within about
-/// [`SHUTDOWN_GRACE`]. Failed accepts are retried with a capped backoff, so
-/// the only error is a listener whose address cannot be read.
+/// request (at most a second; idle keep-alive connections close at once) and
+/// returns within about two seconds. Failed accepts are retried with a capped
+/// backoff, so the only error is a listener whose address cannot be read.
 pub async fn serve(
     listener: TcpListener,
     source: Arc<dyn StatusSource>,
