@@ -201,6 +201,27 @@ fn ready_only_once_rules_exist_and_sigterm_leaves_nothing_behind() {
     })
     .unwrap_or_else(|e| panic!("{e}: {}", dump_log(&log)));
 
+    // What `cplb status` and the admin endpoint say about it.
+    wait_until("status to show Master", Duration::from_secs(10), || {
+        let out = lab.exec_in(&c1.netns, CPLB, ["status", "--json"]).unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["instances"][0]["state"] == "master"
+            && report["netfilter"]["inPlace"] == true
+            && report["ready"] == true
+    })
+    .unwrap();
+    let text = lab.exec_in(&c1.netns, CPLB, ["status"]).unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).to_lowercase();
+    assert!(text.contains("master") && text.contains(VIP), "{text}");
+    let metrics = lab
+        .exec_in(&c1.netns, "curl", ["-fsS", "http://127.0.0.1:9440/metrics"])
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("cplb_vrrp_state{vrid=\"51\",interface=\"eth0\",state=\"master\"} 1"),
+        "{metrics}"
+    );
+
     lab.signal(agent, Signal::SIGTERM).unwrap();
     assert!(notify.wait_for("STOPPING=1", Duration::from_secs(10)));
     let out = lab.wait_child(agent, Duration::from_secs(30)).unwrap();
