@@ -378,3 +378,127 @@ fn health_aware_mastership_moves_the_vip_off_a_node_that_cannot_serve_and_never_
         holders(&lab, &[&c1, &c2]) == ["c2"]
     });
 }
+
+#[test]
+fn supervisor_hands_the_vip_over_at_once_when_the_worker_is_killed() {
+    let mut lab = Lab::new().unwrap();
+    let c1 = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
+    let c2 = lab.add_host("c2", Some("192.0.2.12/24"), None).unwrap();
+    let scratch = Scratch::new("supervise");
+    let kubeconfig = scratch.path("missing.conf");
+    for name in ["c1", "c2"] {
+        write_config(&scratch.path(&format!("{name}.yaml")), &kubeconfig, "");
+    }
+    let (l1, l2) = (scratch.path("c1.log"), scratch.path("c2.log"));
+
+    let mut cmd = lab.command_in(&c1.netns, CPLB);
+    cmd.args(["run", "--supervise", "--config"])
+        .arg(scratch.path("c1.yaml"))
+        .env("CPLB_LOG", "debug")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&l1).unwrap());
+    let supervisor = lab.spawn(cmd).unwrap();
+    wait_until("c1 to take the VIP", Duration::from_secs(20), || {
+        holds_vip(&lab, &c1)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", dump_log(&l1)));
+    let n2 = NotifySocket::bind(scratch.path("n2.sock"));
+    let _a2 = start_agent(&lab, &c2, &scratch.path("c2.yaml"), &l2, Some(&n2.path));
+    assert!(n2.wait_for("READY=1", Duration::from_secs(30)));
+
+    // SIGKILL the worker, not the supervisor.
+    let parent = lab.child_pid(supervisor).unwrap().to_string();
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &parent])
+        .output()
+        .unwrap();
+    let worker: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("worker pid of {parent}: {e}"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+
+    wait_until("c2 alone to hold the VIP", Duration::from_secs(20), || {
+        holders(&lab, &[&c1, &c2]) == ["c2"]
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}\n---\n{}", dump_log(&l1), dump_log(&l2)));
+    // c2 took over because c1 resigned (a priority-0 advert from the
+    // supervisor's release), not because c1 fell silent for
+    // Master_Down_Interval.
+    let l2_text = dump_log(&l2);
+    assert!(
+        l2_text.contains("master resigned (priority 0)"),
+        "c2 did not see a resignation: {l2_text}"
+    );
+    // The supervisor restarted the worker, which rejoins as Backup.
+    wait_until("the worker to restart", Duration::from_secs(20), || {
+        dump_log(&l1).matches("worker started").count() >= 2
+    })
+    .unwrap();
+    lab.signal(supervisor, Signal::SIGTERM).unwrap();
+    let out = lab.wait_child(supervisor, Duration::from_secs(30)).unwrap();
+    assert!(out.status.success(), "{}", dump_log(&l1));
+    assert_eq!(redirect_rules(&lab, &c1.netns), Vec::<String>::new());
+    assert!(!holds_vip(&lab, &c1));
+}
+
+#[test]
+fn disable_load_balancer_runs_vrrp_only() {
+    let mut lab = Lab::new().unwrap();
+    let c1 = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
+    let scratch = Scratch::new("vrrponly");
+    let config = scratch.path("c1.yaml");
+    write_config(&config, &scratch.path("missing.conf"), "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "        userSpaceProxyBindPort: 6444\n",
+        "        userSpaceProxyBindPort: 6444\n        disableLoadBalancer: true\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let notify = NotifySocket::bind(scratch.path("notify.sock"));
+    let log = scratch.path("c1.log");
+    let agent = start_agent(&lab, &c1, &config, &log, Some(&notify.path));
+    assert!(
+        notify.wait_for("READY=1", Duration::from_secs(30)),
+        "{}",
+        dump_log(&log)
+    );
+    wait_until("c1 to take the VIP", Duration::from_secs(20), || {
+        holds_vip(&lab, &c1)
+    })
+    .unwrap();
+    assert_eq!(redirect_rules(&lab, &c1.netns), Vec::<String>::new());
+    let listening = lab
+        .exec_in(&c1.netns, "ss", ["-Htln", "sport = :6444"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&listening.stdout).trim(), "");
+    lab.signal(agent, Signal::SIGTERM).unwrap();
+    let out = lab.wait_child(agent, Duration::from_secs(30)).unwrap();
+    assert!(out.status.success(), "{}", dump_log(&log));
+    assert!(!holds_vip(&lab, &c1));
+}
+
+#[test]
+fn virtual_servers_are_refused_with_a_clear_error() {
+    let mut lab = Lab::new().unwrap();
+    let c1 = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
+    let scratch = Scratch::new("ipvs");
+    let config = scratch.path("c1.yaml");
+    write_config(&config, &scratch.path("missing.conf"), "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "        userSpaceProxyBindPort: 6444\n",
+        &format!("        virtualServers:\n          - ipAddress: {VIP}\n"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = lab
+        .command_in(&c1.netns, CPLB)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("virtualServers"), "{stderr}");
+    assert_eq!(redirect_rules(&lab, &c1.netns), Vec::<String>::new());
+    assert!(!holds_vip(&lab, &c1));
+}
