@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod health;
+pub mod logging;
 pub mod netfilter;
 pub mod status;
