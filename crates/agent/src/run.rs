@@ -154,8 +154,12 @@ pub async fn instance_configs(
         } else {
             Version::V2
         };
-        let mut router =
-            RouterConfig::new(version, instance.virtual_router_id, primary_ip, vips.clone());
+        let mut router = RouterConfig::new(
+            version,
+            instance.virtual_router_id,
+            primary_ip,
+            vips.clone(),
+        );
         router.priority = priority;
         router.advert_interval = Centis(u16::from(instance.advert_interval_seconds) * 100);
         // RFC 5798 removed authentication; keepalived ignores authPass in v3.
@@ -341,7 +345,12 @@ impl LoadBalancer {
             let _ = rules.remove(&redirects);
             return Err(e.into());
         }
-        info!(component = "netfilter", backend = rules.backend_name(), rules = redirects.len(), "REDIRECT rules in place");
+        info!(
+            component = "netfilter",
+            backend = rules.backend_name(),
+            rules = redirects.len(),
+            "REDIRECT rules in place"
+        );
         Ok(LoadBalancer {
             proxy_task,
             proxy_cancel,
@@ -389,7 +398,10 @@ impl LoadBalancer {
         match self.rules.all_present(&self.redirects) {
             Ok(true) => self.rules_in_place = true,
             Ok(false) => {
-                warn!(component = "netfilter", "REDIRECT rules missing; putting them back");
+                warn!(
+                    component = "netfilter",
+                    "REDIRECT rules missing; putting them back"
+                );
                 self.rules_in_place = self.rules.ensure(&self.redirects).is_ok();
             }
             Err(e) => {
@@ -589,7 +601,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
         .collect();
 
     let mut lb = if config.disable_load_balancer {
-        info!(component = "agent", "disableLoadBalancer: VRRP only, no proxy, reconciler or rules");
+        info!(
+            component = "agent",
+            "disableLoadBalancer: VRRP only, no proxy, reconciler or rules"
+        );
         None
     } else {
         Some(LoadBalancer::start(&config).await?)
@@ -622,7 +637,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
     if !started_vrrp {
         return Err(RunError::Crashed("VRRP driver"));
     }
-    info!(component = "agent", instances = config.vrrp_instances.len(), priority, "started");
+    info!(
+        component = "agent",
+        instances = config.vrrp_instances.len(),
+        priority,
+        "started"
+    );
     notify(&[sd_notify::NotifyState::Ready]);
 
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
@@ -656,23 +676,33 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
                 .or_else(|| tracker.handle_timeout(now));
             if let Some(change) = change {
                 match change.health {
-                    Health::Healthy => info!(component = "agent", priority = change.priority, reason = %change.reason, "node healthy: base priority"),
-                    Health::Unhealthy => warn!(component = "agent", priority = change.priority, reason = %change.reason, "node unhealthy: degraded priority, a healthy node takes the VIP"),
+                    Health::Healthy => {
+                        info!(component = "agent", priority = change.priority, reason = %change.reason, "node healthy: base priority")
+                    }
+                    Health::Unhealthy => {
+                        warn!(component = "agent", priority = change.priority, reason = %change.reason, "node unhealthy: degraded priority, a healthy node takes the VIP")
+                    }
                 }
                 health_reason = change.reason.clone();
                 if control_tx
-                    .send(Control::SetPriority { vrid: None, priority: change.priority })
+                    .send(Control::SetPriority {
+                        vrid: None,
+                        priority: change.priority,
+                    })
                     .await
                     .is_err()
                 {
-                    warn!(component = "agent", "VRRP driver gone; priority not changed");
+                    warn!(
+                        component = "agent",
+                        "VRRP driver gone; priority not changed"
+                    );
                 }
             } else if tracker.health() == Health::Healthy && healthy {
                 health_reason = reason;
             }
         }
         if let Some(lb) = lb.as_mut()
-            && ticks % RULE_CHECK_EVERY == 0
+            && ticks.is_multiple_of(RULE_CHECK_EVERY)
         {
             lb.check_rules();
         }
