@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod health;
+pub mod logging;
 pub mod netfilter;
 pub mod run;
 pub mod status;
