@@ -230,6 +230,17 @@ pub fn run(options: DemoOptions) -> Result<(), Error> {
     ));
     kubectl(&n, &lab, "kubectl through the VIP")?;
 
+    if !options.keepalived {
+        // A new agent runs at its degraded priority until it has been
+        // healthy for a while; fail over from the steady state.
+        n.wait(
+            "waiting for every agent to report itself healthy at its base priority (cplb status)",
+            Duration::from_secs(40),
+            || (0..3).all(|i| lab.agent_at_base_priority(i)).then_some(()),
+        )?;
+        n.say("Every agent reports itself healthy, at priority 200 (`cplb status`).");
+    }
+
     // Failover: the client keeps probing while the holder's agent stops.
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {

@@ -525,6 +525,32 @@ impl ControlPlane {
         })
     }
 
+    /// Controller `i`'s agent's `/status` document (`cplb status --json`
+    /// in its namespace).
+    pub fn status(&self, i: usize) -> Result<serde_json::Value, Error> {
+        let out = self.cplb(i, &["status", "--json", "--address", ADMIN_ADDRESS])?;
+        if !out.status.success() {
+            return Err(Error::Invalid(format!(
+                "cplb status on controller {i}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| Error::Invalid(format!("cplb status on controller {i}: {e}")))
+    }
+
+    /// Whether controller `i`'s agent reports itself healthy and running at
+    /// its base priority (after start-up it runs degraded for a while).
+    pub fn agent_at_base_priority(&self, i: usize) -> bool {
+        self.status(i).is_ok_and(|s| {
+            let base = &s["health"]["basePriority"];
+            s["health"]["state"] == "healthy"
+                && s["instances"].as_array().is_some_and(|all| {
+                    !all.is_empty() && all.iter().all(|v| &v["priority"] == base)
+                })
+        })
+    }
+
     /// What controller `i`'s agent logged so far.
     pub fn agent_log(&self, i: usize) -> String {
         self.controllers

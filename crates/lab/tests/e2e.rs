@@ -156,6 +156,19 @@ fn basics(family: Family) {
             "controller {i} has {links:?}"
         );
     }
+    // The agents' own view (`cplb status`) agrees with the kernel's.
+    for i in 0..3 {
+        let state = ok(
+            &lab,
+            "cplb status",
+            cplb_e2e::wait_for("cplb status", FAILOVER, || {
+                let s = lab.status(i).ok()?;
+                (s["ready"] == true).then(|| s["instances"][0]["state"].clone())
+            }),
+        );
+        let want = if i == holder { "master" } else { "backup" };
+        assert_eq!(state, want, "controller {i}{}", logs(&lab));
+    }
     let p = prober(&lab);
     let seen = balanced(&lab, &p);
     assert_eq!(seen.len(), 3);
