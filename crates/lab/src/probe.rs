@@ -112,9 +112,9 @@ impl Prober {
         let conn = rustls::ClientConnection::new(self.tls.clone(), name)
             .map_err(|e| ProbeError::Tls(e.to_string()))?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
-        let host = addr.ip();
+        // `Host: ip:port`, IPv6 in brackets (SocketAddr's Display).
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         );
         tls.write_all(request.as_bytes()).map_err(io("tls/write"))?;
         // Only the status line is needed; read until it is complete.
