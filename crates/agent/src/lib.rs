@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod health;
+pub mod manifest;
 pub mod netfilter;
 pub mod status;
