@@ -6,4 +6,5 @@ pub mod config;
 pub mod health;
 pub mod manifest;
 pub mod netfilter;
+pub mod run;
 pub mod status;

@@ -1,10 +1,16 @@
 //! `cplb`: the agent that replaces keepalived and k0s's CPLB proxy.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use cplb::config::{self, ConfigError, SystemHost};
+use cplb::config::{self, Config, ConfigError, SystemHost};
+use cplb::run::{self, RunOptions};
+use cplb::status::StatusReport;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 /// Control-plane load balancer for Kubernetes: a VRRP virtual IP, the :6444
 /// proxy and the apiserver reconciler, configured like k0s's CPLB.
@@ -15,8 +21,47 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args, Clone)]
+struct LogArgs {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "logfmt")]
+    log_format: LogFormat,
+    /// Log level or filter (`info`, `debug`, `cplb=debug,warn`); default
+    /// from CPLB_LOG, else info.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Logfmt,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: VRRP, the proxy, the reconciler and the REDIRECT rules.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, env = "CPLB_CONFIG")]
+        config: PathBuf,
+        /// Run as a supervising parent: restart the agent when it dies and
+        /// hand its VIPs over at once (for use outside systemd, whose unit
+        /// does the same with `ExecStopPost=cplb release`).
+        #[arg(long)]
+        supervise: bool,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Crash handoff: send a priority-0 advert for every VIP still on this
+    /// node, remove those VIPs and the REDIRECT rules.
+    Release {
+        /// The configuration file.
+        #[arg(long, short, env = "CPLB_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        log: LogArgs,
+    },
     /// Check a configuration (k0s ClusterConfig, k0sctl Cluster, or just
     /// spec.network.controlPlaneLoadBalancing); print every problem.
     Validate {
@@ -34,6 +79,36 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Run {
+            config,
+            supervise,
+            log,
+        } => {
+            init_logging(&log);
+            let Some(loaded) = load(&config) else {
+                return ExitCode::FAILURE;
+            };
+            let result = if supervise {
+                runtime().and_then(|rt| rt.block_on(supervise_worker(&config, &log, &loaded)))
+            } else {
+                runtime().and_then(|rt| rt.block_on(run_agent(loaded)))
+            };
+            finish(result)
+        }
+        Command::Release { config, log } => {
+            init_logging(&log);
+            let Some(loaded) = load(&config) else {
+                return ExitCode::FAILURE;
+            };
+            let result = runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let released = run::release(&loaded).await?;
+                    info!(component = "agent", ?released, "release done");
+                    Ok(())
+                })
+            });
+            finish(result)
+        }
         Command::Validate { file } => match config::load(&file, &SystemHost) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -55,7 +130,124 @@ fn main() -> ExitCode {
     }
 }
 
-fn report(file: &std::path::Path, error: &ConfigError) -> ExitCode {
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(component = "agent", error = format!("{e:#}"), "failed");
+            eprintln!("cplb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+fn load(file: &Path) -> Option<Config> {
+    match config::load(file, &SystemHost) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            report(file, &e);
+            None
+        }
+    }
+}
+
+fn init_logging(args: &LogArgs) {
+    use tracing_subscriber::EnvFilter;
+    let filter = args
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("CPLB_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match args.log_format {
+        LogFormat::Logfmt => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn run_agent(config: Config) -> anyhow::Result<()> {
+    let (report, _report_rx) = watch::channel(StatusReport::default());
+    run::run(config, RunOptions { report }).await?;
+    Ok(())
+}
+
+/// The supervising parent: runs `cplb run` as a child; when the child dies
+/// without being asked to, hands its VIPs over at once (`release`) and
+/// starts it again with a growing pause. SIGTERM/SIGINT are passed on and
+/// the parent exits with the child's status.
+async fn supervise_worker(file: &Path, log: &LogArgs, config: &Config) -> anyhow::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let exe = std::env::current_exe().context("cannot find our own executable")?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let mut command = tokio::process::Command::new(&exe);
+        command.arg("run").arg("--config").arg(file);
+        if log.log_format == LogFormat::Json {
+            command.args(["--log-format", "json"]);
+        }
+        if let Some(level) = &log.log_level {
+            command.args(["--log-level", level]);
+        }
+        let started = std::time::Instant::now();
+        let mut child = command.spawn().context("cannot start the agent")?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        info!(component = "agent", pid, "worker started");
+        let forward = |signal: Signal| {
+            if let Some(pid) = pid {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+        };
+        let stop = tokio::select! {
+            _ = sigterm.recv() => Some(Signal::SIGTERM),
+            _ = sigint.recv() => Some(Signal::SIGTERM),
+            status = child.wait() => {
+                let status = status.context("cannot wait for the agent")?;
+                if status.success() {
+                    info!(component = "agent", "worker stopped cleanly");
+                    return Ok(());
+                }
+                warn!(component = "agent", %status, "worker died; handing the VIPs over");
+                if let Err(e) = run::release(config).await {
+                    warn!(component = "agent", error = %e, "release incomplete");
+                }
+                None
+            }
+        };
+        if let Some(signal) = stop {
+            info!(component = "agent", "stopping the worker");
+            forward(signal);
+            let status = child.wait().await.context("cannot wait for the agent")?;
+            anyhow::ensure!(status.success(), "worker stopped with {status}");
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        tokio::select! {
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn report(file: &Path, error: &ConfigError) -> ExitCode {
     match error {
         ConfigError::Invalid(problems) => {
             // `file:line:column: path: message`, as compilers print them.

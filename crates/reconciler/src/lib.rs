@@ -40,6 +40,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kube::client::ConfigExt;
@@ -186,6 +188,7 @@ pub struct Reconciler {
     health: Sender<HealthSnapshot>,
     checkers: TaskTracker,
     watchers: TaskTracker,
+    watch_errors: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -242,6 +245,7 @@ impl Reconciler {
             health: Sender::new(HealthSnapshot::new()),
             checkers: TaskTracker::new(),
             watchers: TaskTracker::new(),
+            watch_errors: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -254,6 +258,11 @@ impl Reconciler {
     /// Receives per-backend health after every check.
     pub fn subscribe_health(&self) -> Receiver<HealthSnapshot> {
         self.health.subscribe()
+    }
+
+    /// Failed watch or discovery requests since start (each is retried).
+    pub fn watch_errors(&self) -> u64 {
+        self.watch_errors.load(Ordering::Relaxed)
     }
 
     /// Health-checker tasks currently alive.
@@ -276,11 +285,14 @@ impl Reconciler {
         let client = self.client.clone();
         let source = self.config.source;
         let watcher_cancel = watch_cancel.clone();
+        let errors = Arc::clone(&self.watch_errors);
         self.watchers.spawn(
             async move {
-                if let Some(resolved) = watch::resolve(&client, source, &watcher_cancel).await {
+                if let Some(resolved) =
+                    watch::resolve(&client, source, &watcher_cancel, &errors).await
+                {
                     info!(source = ?resolved, "watching API server endpoints");
-                    watch::run(client, resolved, known_tx, watcher_cancel).await;
+                    watch::run(client, resolved, known_tx, watcher_cancel, errors).await;
                 }
             }
             .in_current_span(),

@@ -7,6 +7,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -45,6 +46,7 @@ pub(crate) async fn resolve(
     client: &Client,
     source: Source,
     cancel: &CancellationToken,
+    errors: &AtomicU64,
 ) -> Option<Resolved> {
     match source {
         Source::EndpointSlices => return Some(Resolved::EndpointSlices),
@@ -66,6 +68,7 @@ pub(crate) async fn resolve(
                 return Some(Resolved::Endpoints);
             }
             Err(error) => {
+                errors.fetch_add(1, Ordering::Relaxed);
                 warn!(%error, retry_in = ?delay,
                     "failed to discover whether the EndpointSlice API is served");
             }
@@ -87,6 +90,7 @@ pub(crate) async fn run(
     source: Resolved,
     known: KnownTx,
     cancel: CancellationToken,
+    errors: Arc<AtomicU64>,
 ) {
     match source {
         Resolved::EndpointSlices => {
@@ -98,6 +102,7 @@ pub(crate) async fn run(
                 |slices| slices_addresses(slices.iter().map(|s| &**s)),
                 known,
                 cancel,
+                errors.clone(),
             )
             .await;
         }
@@ -115,6 +120,7 @@ pub(crate) async fn run(
                 },
                 known,
                 cancel,
+                errors.clone(),
             )
             .await;
         }
@@ -127,6 +133,7 @@ async fn reflect<K>(
     extract: fn(&[Arc<K>]) -> BTreeSet<IpAddr>,
     known: KnownTx,
     cancel: CancellationToken,
+    errors: Arc<AtomicU64>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
@@ -143,6 +150,7 @@ async fn reflect<K>(
         let event = match item {
             Some(Ok(event)) => event,
             Some(Err(error)) => {
+                errors.fetch_add(1, Ordering::Relaxed);
                 if failing {
                     debug!(%error, "watch still failing");
                 } else {

@@ -37,6 +37,8 @@ pub const DEFAULT_KUBECONFIG: &str = "/var/lib/k0s/pki/admin.conf";
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9440";
 /// Every VRRP node of k0s has this priority (rendered into keepalived.conf).
 pub const K0S_PRIORITY: u8 = 200;
+/// Priority of a node whose proxy cannot serve (health-aware mastership).
+pub const DEFAULT_DEGRADED_PRIORITY: u8 = 100;
 
 /// The validated configuration, every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -125,6 +127,30 @@ pub struct Settings {
     pub netfilter: Netfilter,
     /// Kubeconfig of the local apiserver, for the reconciler.
     pub kubeconfig: String,
+    /// Also redirect connections that processes on this node make to
+    /// `VIP:apiPort` (nat OUTPUT), so they are balanced too; k0s leaves them
+    /// on whichever apiserver the VIP's holder runs.
+    pub output_rule: bool,
+    /// Health-aware mastership.
+    pub health: HealthSettings,
+}
+
+/// `cplb.health`: a node whose proxy cannot reach a healthy apiserver
+/// advertises `degradedPriority` instead of `priority`, so a healthy node
+/// takes the VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSettings {
+    /// On by default.
+    pub enabled: bool,
+    /// Priority while unhealthy, below `cplb.priority`.
+    pub degraded_priority: u8,
+    /// How long unhealthy must last before the priority drops.
+    #[serde(serialize_with = "serialize_go_duration")]
+    pub fall: Duration,
+    /// How long healthy must last before the priority is restored.
+    #[serde(serialize_with = "serialize_go_duration")]
+    pub rise: Duration,
 }
 
 /// One thing wrong with a configuration.
@@ -842,6 +868,13 @@ impl Validator<'_> {
             admin_address: SocketAddr::from(([127, 0, 0, 1], 9440)),
             netfilter: Netfilter::Iptables,
             kubeconfig: DEFAULT_KUBECONFIG.to_string(),
+            output_rule: true,
+            health: HealthSettings {
+                enabled: true,
+                degraded_priority: DEFAULT_DEGRADED_PRIORITY,
+                fall: Duration::from_secs(3),
+                rise: Duration::from_secs(10),
+            },
         };
         let Some(raw) = raw else {
             return settings;
@@ -889,6 +922,60 @@ impl Validator<'_> {
         }
         if let Some(k) = raw.kubeconfig {
             settings.kubeconfig = k.value;
+        }
+        if let Some(o) = raw.output_rule {
+            settings.output_rule = o.value;
+        }
+        if let Some(health) = raw.health {
+            if let Some(e) = health.enabled {
+                settings.health.enabled = e.value;
+            }
+            if let Some(d) = &health.degraded_priority {
+                match u8::try_from(d.value) {
+                    Ok(priority @ 1..=254) => settings.health.degraded_priority = priority,
+                    _ => self.problem(
+                        "cplb.health.degradedPriority",
+                        Some(&d.referenced),
+                        "degradedPriority must be in the range of 1-254",
+                    ),
+                }
+            }
+            if let Some(d) = &health.degraded_priority
+                && settings.health.degraded_priority >= settings.priority
+            {
+                self.problem(
+                    "cplb.health.degradedPriority",
+                    Some(&d.referenced),
+                    format!(
+                        "degradedPriority ({}) must be below priority ({}), or healthy nodes never take the VIP from a degraded one",
+                        settings.health.degraded_priority, settings.priority
+                    ),
+                );
+            }
+            for (name, field, slot) in [
+                ("fall", health.fall, &mut settings.health.fall),
+                ("rise", health.rise, &mut settings.health.rise),
+            ] {
+                let Some(text) = field else { continue };
+                match parse_go_duration(&text.value) {
+                    Some(nanos) if nanos >= 0 => {
+                        *slot = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+                    }
+                    _ => self.problem(
+                        &format!("cplb.health.{name}"),
+                        Some(&text.referenced),
+                        format!("{name} must be a non-negative duration like 3s. Got: {}", text.value),
+                    ),
+                }
+            }
+        }
+        if settings.health.degraded_priority >= settings.priority {
+            // A low base priority and no explicit degraded one (else it was
+            // reported above): keep a gap below the base.
+            settings.health.degraded_priority = (settings.priority / 2).max(1);
+            if settings.priority == 1 {
+                settings.health.enabled = false;
+            }
         }
         settings
     }

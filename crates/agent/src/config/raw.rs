@@ -132,4 +132,22 @@ pub(crate) struct Settings {
     pub netfilter: Option<Spanned<String>>,
     #[serde(default)]
     pub kubeconfig: Option<Spanned<String>>,
+    #[serde(rename = "outputRule", default)]
+    pub output_rule: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub health: Option<HealthSettings>,
+}
+
+/// `cplb.health`: health-aware mastership.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthSettings {
+    #[serde(default)]
+    pub enabled: Option<Spanned<bool>>,
+    #[serde(rename = "degradedPriority", default)]
+    pub degraded_priority: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub fall: Option<Spanned<String>>,
+    #[serde(default)]
+    pub rise: Option<Spanned<String>>,
 }

@@ -172,6 +172,11 @@ struct Instance {
     vips: Vec<Vip>,
     rejects: BTreeMap<&'static str, u64>,
     adverts_received: u64,
+    adverts_sent: u64,
+    transitions: u64,
+    /// The Master as far as we know: ourselves while Master, the source of
+    /// the latest accepted advert while Backup.
+    master: Option<IpAddr>,
 }
 
 impl Instance {
@@ -204,6 +209,30 @@ pub struct InstanceStatus {
     pub rejects: BTreeMap<&'static str, u64>,
     /// Adverts for this VRID the router accepted.
     pub adverts_received: u64,
+    /// Adverts sent (one per destination in unicast mode).
+    pub adverts_sent: u64,
+    /// State changes since start.
+    pub transitions: u64,
+    /// The priority advertised now.
+    pub priority: u8,
+    /// The Master's address as far as this node knows: its own primary
+    /// address while Master, the source of the latest accepted advert while
+    /// Backup, `None` otherwise.
+    pub master: Option<IpAddr>,
+}
+
+/// A change asked of a running driver (see [`run_controlled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Advertise `priority` from now on: the instance with `vrid`, or every
+    /// instance when `vrid` is `None` (RFC 5798 §6.4 leaves priority changes
+    /// to the implementation; a Master advertises the new value at once).
+    SetPriority {
+        /// The instance, or all.
+        vrid: Option<u8>,
+        /// The new priority, 1..=254.
+        priority: u8,
+    },
 }
 
 /// Runs `configs` until `cancel` fires, then shuts every router down
@@ -230,6 +259,91 @@ pub async fn run_with_status(
     Ok(())
 }
 
+/// [`run_with_status`], also taking [`Control`]s (priority changes from a
+/// health tracker) from `control`. When `control` closes, the routers keep
+/// their current priorities.
+pub async fn run_controlled(
+    configs: Vec<InstanceConfig>,
+    cancel: CancellationToken,
+    status: watch::Sender<Vec<InstanceStatus>>,
+    control: mpsc::Receiver<Control>,
+) -> Result<(), DriverError> {
+    let mut driver = Driver::start(configs, Some(status)).await?;
+    driver.control = Some(control);
+    driver.run(cancel).await;
+    Ok(())
+}
+
+/// Crash handoff: for every instance whose VIPs are still on its interface
+/// (a lease not yet expired, or no lease: this node was Master when its
+/// process died), sends one priority-0 advert so the Backups take over after
+/// Skew_Time instead of Master_Down_Interval (RFC 3768 §6.4.2, RFC 5798
+/// §6.4.2), then removes the VIPs and their address labels. Instances
+/// without VIPs present send nothing: a priority-0 advert from a node that
+/// is not Master would make the Backups take over from the real Master.
+/// Returns the VRIDs released.
+pub async fn release(configs: Vec<InstanceConfig>) -> Result<Vec<u8>, DriverError> {
+    let netlink = VipManager::new()?;
+    let mut released = Vec::new();
+    for config in configs {
+        let vrid = config.router.vrid;
+        let router = VirtualRouter::new(config.router.clone())
+            .map_err(|source| DriverError::Config { vrid, source })?;
+        let interface = netlink.interface(&config.interface).await?;
+        let present: Vec<IpAddr> = netlink
+            .addresses(interface.index)
+            .await?
+            .into_iter()
+            .map(|a| a.addr)
+            .collect();
+        let vips = config.vips();
+        if !vips.iter().any(|v| present.contains(&v.addr)) {
+            continue;
+        }
+        let socket = if config.router.primary_ip.is_ipv6() {
+            VrrpSocket::open_v6(interface.index, &interface.name)?
+        } else {
+            VrrpSocket::open_v4(interface.index, &interface.name)?
+        };
+        let advert = router.advert(0);
+        let src = config.router.primary_ip;
+        let multicast = [if src.is_ipv6() {
+            IpAddr::V6(MULTICAST_V6)
+        } else {
+            IpAddr::V4(MULTICAST_V4)
+        }];
+        let destinations: &[IpAddr] = if config.unicast_peers.is_empty() {
+            &multicast
+        } else {
+            &config.unicast_peers
+        };
+        let mut buf = vec![0; advert.buffer_len()];
+        for &dst in destinations {
+            match advert.emit(src, dst, &mut buf) {
+                Ok(len) => {
+                    if let Err(e) = socket.send(buf.get(..len).unwrap_or_default(), src, dst).await {
+                        warn!(component = "vrrp", vrid, %dst, error = %e, "cannot send priority-0 advert");
+                    }
+                }
+                Err(e) => warn!(component = "vrrp", vrid, error = %e, "cannot encode advert"),
+            }
+        }
+        for vip in &vips {
+            if let Err(e) = netlink.remove_vip(interface.index, vip.addr).await {
+                warn!(component = "vrrp", vrid, %vip, error = %e, "cannot remove VIP");
+            }
+            if let (IpAddr::V6(addr), Some(label)) = (vip.addr, config.ipv6_addr_label)
+                && let Err(e) = netlink.remove_addr_label(addr, 128, label).await
+            {
+                warn!(component = "vrrp", vrid, %vip, error = %e, "cannot remove address label");
+            }
+        }
+        info!(component = "vrrp", vrid, interface = %config.interface, "released: priority-0 advert sent, VIPs removed");
+        released.push(vrid);
+    }
+    Ok(released)
+}
+
 struct Driver {
     netlink: VipManager,
     events: LinkEvents,
@@ -240,6 +354,7 @@ struct Driver {
     packets_tx: mpsc::Sender<(usize, RecvdPacket)>,
     receivers: JoinSet<()>,
     status: Option<watch::Sender<Vec<InstanceStatus>>>,
+    control: Option<mpsc::Receiver<Control>>,
 }
 
 /// Forwards what `group`'s socket receives to the driver, tagged with the
@@ -270,6 +385,14 @@ fn spawn_receiver(
             }
         }
     })
+}
+
+/// The next control message, or never when there is no channel.
+async fn recv_control(control: &mut Option<mpsc::Receiver<Control>>) -> Option<Control> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn now() -> Instant {
@@ -378,6 +501,9 @@ impl Driver {
                 vips,
                 rejects: BTreeMap::new(),
                 adverts_received: 0,
+                adverts_sent: 0,
+                transitions: 0,
+                master: None,
             });
         }
 
@@ -402,6 +528,7 @@ impl Driver {
             packets_tx,
             receivers,
             status,
+            control: None,
         };
         let t = now();
         for index in 0..driver.instances.len() {
@@ -434,6 +561,10 @@ impl Driver {
                     .unwrap_or_default(),
                 rejects: i.rejects.clone(),
                 adverts_received: i.adverts_received,
+                adverts_sent: i.adverts_sent,
+                transitions: i.transitions,
+                priority: i.router.priority(),
+                master: i.master,
             })
             .collect();
         status.send_if_modified(|published| {
@@ -461,6 +592,10 @@ impl Driver {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
+                control = recv_control(&mut self.control) => match control {
+                    Some(control) => self.on_control(control).await,
+                    None => self.control = None,
+                },
                 Some((group, packet)) = self.packets.recv() => self.on_packet(group, packet).await,
                 event = self.events.next(), if self.events_open => match event {
                     Some(event) => self.on_link_event(event).await,
@@ -491,6 +626,25 @@ impl Driver {
             self.remove_vips(index).await;
         }
         self.receivers.abort_all();
+    }
+
+    async fn on_control(&mut self, control: Control) {
+        let Control::SetPriority { vrid, priority } = control;
+        let t = now();
+        for index in 0..self.instances.len() {
+            let Some(instance) = self.instances.get_mut(index) else {
+                continue;
+            };
+            if vrid.is_some_and(|v| v != instance.config.router.vrid)
+                || instance.router.priority() == priority
+            {
+                continue;
+            }
+            let from = instance.router.priority();
+            let actions = instance.router.set_priority(t, priority);
+            info!(component = "vrrp", vrid = instance.config.router.vrid, from, to = instance.router.priority(), "priority changed");
+            self.apply(index, actions).await;
+        }
     }
 
     async fn on_timeout(&mut self) {
@@ -539,6 +693,9 @@ impl Driver {
         match instance.router.receive(now(), packet.src, &advert) {
             Ok(actions) => {
                 instance.adverts_received += 1;
+                if instance.router.state() == State::Backup && advert.priority > 0 {
+                    instance.master = Some(packet.src);
+                }
                 self.apply(index, actions).await;
             }
             Err(reason) => {
@@ -674,11 +831,21 @@ impl Driver {
             match action {
                 Action::StateChanged { from, to, reason } => {
                     info!(component = "vrrp", vrid, interface = %instance.config.interface, %from, %to, %reason, "state changed");
+                    if let Some(instance) = self.instances.get_mut(index) {
+                        instance.transitions += 1;
+                        instance.master = match to {
+                            State::Master => Some(instance.config.router.primary_ip),
+                            _ => None,
+                        };
+                    }
                 }
                 Action::AddVips => self.add_vips(index).await,
                 Action::RemoveVips => self.remove_vips(index).await,
                 Action::Send(advert) => {
-                    self.send(index, &advert).await;
+                    let sent = self.send(index, &advert).await;
+                    if let Some(instance) = self.instances.get_mut(index) {
+                        instance.adverts_sent += sent;
+                    }
                     // Each advert a Master sends renews the VIP lease.
                     let renew = self.instances.get(index).is_some_and(|i| {
                         i.router.state() == State::Master && i.config.lease != VipLease::Off
@@ -692,12 +859,14 @@ impl Driver {
         }
     }
 
-    async fn send(&self, index: usize, advert: &crate::wire::Advert) {
+    /// Sends `advert` to the instance's destinations; returns how many
+    /// copies went out.
+    async fn send(&self, index: usize, advert: &crate::wire::Advert) -> u64 {
         let Some(instance) = self.instances.get(index) else {
-            return;
+            return 0;
         };
         let Some(group) = self.groups.get(instance.group) else {
-            return;
+            return 0;
         };
         let src = instance.config.router.primary_ip;
         let multicast = [if group.ipv6 {
@@ -711,22 +880,27 @@ impl Driver {
             &instance.config.unicast_peers
         };
         let mut buf = vec![0; advert.buffer_len()];
+        let mut sent = 0;
         for &dst in destinations {
             let len = match advert.emit(src, dst, &mut buf) {
                 Ok(len) => len,
                 Err(e) => {
                     warn!(component = "vrrp", vrid = advert.vrid, error = %e, "cannot encode advert");
-                    return;
+                    return sent;
                 }
             };
-            if let Err(e) = group
+            match group
                 .socket
                 .send(buf.get(..len).unwrap_or_default(), src, dst)
                 .await
             {
-                warn!(component = "vrrp", vrid = advert.vrid, error = %e, "cannot send advert");
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    warn!(component = "vrrp", vrid = advert.vrid, error = %e, "cannot send advert");
+                }
             }
         }
+        sent
     }
 
     async fn add_vips(&self, index: usize) {

@@ -15,7 +15,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{
@@ -455,7 +454,10 @@ pub enum LinkEvent {
 
 /// What rtnetlink's multicast connection hands over: each message with the
 /// address it came from.
-type NetlinkMessages = BoxStream<'static, (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
+/// `Sync` too, so a driver future holding `&self` across an await can be
+/// spawned on a multi-threaded runtime.
+type NetlinkMessages =
+    Pin<Box<dyn Stream<Item = (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)> + Send + Sync>>;
 
 /// A stream of [`LinkEvent`]s for the whole network namespace: subscribed
 /// to RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR and RTNLGRP_IPV6_IFADDR. Link
@@ -495,7 +497,7 @@ impl LinkEvents {
             rtnetlink::new_multicast_connection(&groups).map_err(NetlinkError::Socket)?;
         let connection = tokio::spawn(connection);
         Ok(LinkEvents {
-            messages: messages.boxed(),
+            messages: Box::pin(messages),
             oper_up: HashMap::new(),
             connection,
         })
