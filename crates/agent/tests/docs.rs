@@ -32,7 +32,9 @@ impl Host for FakeHost {
 }
 
 fn repo_file(path: &str) -> String {
-    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
     fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
@@ -71,9 +73,8 @@ fn document(path: &[Step], leaf: Value) -> Value {
 fn accepted_keys(path: &[Step]) -> Option<BTreeSet<String>> {
     // JSON is YAML: the parser reads it as written.
     let text = document(path, json!({ PROBE: 1 })).to_string();
-    let message = match config::parse(&text, &FakeHost) {
-        Err(ConfigError::Syntax(message)) => message,
-        _ => return None,
+    let Err(ConfigError::Syntax(message)) = config::parse(&text, &FakeHost) else {
+        return None;
     };
     // serde-saphyr: "unknown field `x`, expected one of a, b, c" (plain
     // serde puts each name in backticks; accept both).
@@ -163,7 +164,10 @@ fn documented_schema(markdown: &str) -> BTreeMap<String, BTreeSet<String>> {
 fn the_probe_reads_the_accepted_keys() {
     // Guards the mechanism the other tests rely on.
     let keys = accepted_keys(&[Step::Key("cplb".into())]).unwrap();
-    assert!(keys.contains("vrrpVersion") && keys.contains("kubeconfig"), "{keys:?}");
+    assert!(
+        keys.contains("vrrpVersion") && keys.contains("kubeconfig"),
+        "{keys:?}"
+    );
     assert!(!keys.contains(PROBE));
     let scalar = [Step::Key("cplb".into()), Step::Key("priority".into())];
     assert_eq!(accepted_keys(&scalar), None);
@@ -179,13 +183,21 @@ fn configuration_reference_lists_exactly_the_keys_the_parser_accepts() {
         let code = parser.get(section).cloned().unwrap_or_default();
         let documented = doc.get(section).cloned().unwrap_or_default();
         for key in code.difference(&documented) {
-            problems.push(format!("{section}.{key}: accepted by the parser, not in the reference"));
+            problems.push(format!(
+                "{section}.{key}: accepted by the parser, not in the reference"
+            ));
         }
         for key in documented.difference(&code) {
-            problems.push(format!("{section}.{key}: in the reference, not accepted by the parser"));
+            problems.push(format!(
+                "{section}.{key}: in the reference, not accepted by the parser"
+            ));
         }
     }
-    assert!(problems.is_empty(), "docs/configuration.md:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "docs/configuration.md:\n{}",
+        problems.join("\n")
+    );
 }
 
 /// Every key `cplb config` prints, at any depth.
@@ -253,14 +265,20 @@ fn configuration_reference_explains_every_key_cplb_config_prints() {
         .iter()
         .filter(|k| !doc.contains(&format!("`{k}`")))
         .collect();
-    assert!(missing.is_empty(), "not in docs/configuration.md: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not in docs/configuration.md: {missing:?}"
+    );
 }
 
 #[test]
 fn the_full_example_sets_every_key_the_parser_accepts() {
     // Keeps EVERYTHING (and so the test above) complete as fields are added.
     let mut set = BTreeSet::new();
-    keys_of(&serde_saphyr::from_str::<Value>(EVERYTHING).unwrap(), &mut set);
+    keys_of(
+        &serde_saphyr::from_str::<Value>(EVERYTHING).unwrap(),
+        &mut set,
+    );
     let missing: Vec<String> = parser_schema()
         .into_iter()
         .flat_map(|(section, keys)| keys.into_iter().map(move |k| (section.clone(), k)))
@@ -317,4 +335,99 @@ fn the_packaged_example_config_is_valid_and_harmless() {
     // Its VIP is a documentation address, never a real one.
     let vip = config.vrrp_instances[0].virtual_ips[0].addr().to_string();
     assert!(vip.starts_with("192.0.2."), "{vip}");
+}
+
+/// `Key=value` lines of a systemd unit, in order (repeated keys kept).
+fn unit_directives(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_systemd_unit_runs_and_releases_the_packaged_config() {
+    let unit = unit_directives(&repo_file("packaging/cplb.service"));
+    let get = |key: &str| -> Vec<&str> {
+        unit.iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let config = cplb::manifest::DEFAULT_CONFIG_PATH;
+    assert_eq!(get("Type"), ["notify"]);
+    assert_eq!(get("Restart"), ["always"]);
+    assert_eq!(
+        get("ExecStart"),
+        [format!("/usr/bin/cplb run --config {config}")]
+    );
+    assert_eq!(
+        get("ExecStopPost"),
+        [format!("/usr/bin/cplb release --config {config}")]
+    );
+    assert_eq!(get("KillSignal"), ["SIGTERM"]);
+    assert!(
+        get("After")[0]
+            .split(' ')
+            .any(|u| u == "network-online.target")
+    );
+    assert_eq!(get("AmbientCapabilities"), ["CAP_NET_ADMIN CAP_NET_RAW"]);
+    assert_eq!(get("CapabilityBoundingSet"), get("AmbientCapabilities"));
+    assert_eq!(get("WatchdogSec").len(), 1);
+    assert_eq!(get("TimeoutStopSec").len(), 1);
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let available = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    }
+    // verify insists that the binaries exist; /bin/true stands in for cplb.
+    let dir = std::env::temp_dir().join(format!("cplb-unit-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cplb.service");
+    let unit = repo_file("packaging/cplb.service").replace("/usr/bin/cplb", "/bin/true");
+    fs::write(&path, unit).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Only complaints about our unit count (not about the host's units).
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("cplb")).collect();
+    assert!(out.status.success() && ours.is_empty(), "{stderr}");
+}
+
+#[test]
+fn the_deb_assets_exist() {
+    let manifest =
+        fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    for asset in [
+        "../../packaging/config.yaml",
+        "../../README.md",
+        "../../packaging",
+    ] {
+        assert!(
+            manifest.contains(&format!("\"{asset}")),
+            "{asset} not in the deb metadata"
+        );
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(asset);
+        assert!(path.exists(), "{}", path.display());
+    }
+    for doc in [
+        "configuration.md",
+        "troubleshooting.md",
+        "migration-from-k0s.md",
+    ] {
+        assert!(repo_file(&format!("docs/{doc}")).starts_with("# "), "{doc}");
+    }
 }
