@@ -7,6 +7,17 @@
 //! `NET_ADMIN` and `NET_RAW` only, mounts the configuration, the kubeconfig
 //! the configuration names and the iptables lock file, and probes the admin
 //! endpoint's `/healthz` and `/readyz`.
+//!
+//! `cplb manifest [--config FILE] [--image IMAGE]` is, in `main.rs`:
+//!
+//! ```text
+//! let mut opts = match config {          // Option<PathBuf>
+//!     Some(path) => ManifestOptions::for_config(&config::load(&path, &SystemHost)?, path.display().to_string()),
+//!     None => ManifestOptions::default(),
+//! };
+//! if let Some(image) = image { opts.image = image; }
+//! print!("{}", manifest::static_pod(&opts)?);
+//! ```
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
