@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use cplb::admin;
 use cplb::config::{self, Config, ConfigError, SystemHost};
+use cplb::logging::{self, LogFormat};
 use cplb::run::{self, RunOptions};
 use cplb::status::StatusReport;
 use tokio::sync::watch;
@@ -31,12 +32,6 @@ struct LogArgs {
     /// from CPLB_LOG, else info.
     #[arg(long)]
     log_level: Option<String>,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
-enum LogFormat {
-    Logfmt,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -209,20 +204,10 @@ fn load(file: &Path) -> Option<Config> {
 }
 
 fn init_logging(args: &LogArgs) {
-    use tracing_subscriber::EnvFilter;
-    let filter = args
-        .log_level
-        .clone()
-        .or_else(|| std::env::var("CPLB_LOG").ok())
-        .unwrap_or_else(|| "info".to_owned());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match args.log_format {
-        LogFormat::Logfmt => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    if let Err(e) = logging::init(args.log_format, args.log_level.as_deref()) {
+        eprintln!("cplb: {e}; logging at info");
+        let _ = logging::init(args.log_format, Some("info"));
+    }
 }
 
 async fn run_agent(config: Config) -> anyhow::Result<()> {
