@@ -6,7 +6,7 @@
 //! [`HealthTracker`] is pure: it is fed `(now, healthy)` observations and says
 //! when the node's VRRP priority should change. While unhealthy the node runs
 //! at a degraded priority: a Master advertises it at once
-//! ([`cplb_vrrp::fsm::VirtualRouter::set_priority`]) and the healthy Backups,
+//! (`cplb_vrrp::fsm::VirtualRouter::set_priority`) and the healthy Backups,
 //! which outrank it, preempt. Hysteresis keeps it from flapping: a change
 //! needs the new condition to hold without interruption for `fall` (to
 //! unhealthy) or `rise` (back to healthy). Every node has the same base

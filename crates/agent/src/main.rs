@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use cplb::admin;
 use cplb::config::{self, Config, ConfigError, SystemHost};
+use cplb::logging::{self, LogFormat};
 use cplb::run::{self, RunOptions};
 use cplb::status::StatusReport;
 use tokio::sync::watch;
@@ -32,12 +34,6 @@ struct LogArgs {
     log_level: Option<String>,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
-enum LogFormat {
-    Logfmt,
-    Json,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: VRRP, the proxy, the reconciler and the REDIRECT rules.
@@ -61,6 +57,19 @@ enum Command {
         config: PathBuf,
         #[command(flatten)]
         log: LogArgs,
+    },
+    /// Show what the running agent is doing: VRRP instances, backends,
+    /// rules (reads its admin endpoint's /status).
+    Status {
+        /// Take the admin address from this configuration file.
+        #[arg(long, short, env = "CPLB_CONFIG", conflicts_with = "address")]
+        config: Option<PathBuf>,
+        /// The admin address (default 127.0.0.1:9440).
+        #[arg(long)]
+        address: Option<std::net::SocketAddr>,
+        /// Print the /status JSON instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a configuration (k0s ClusterConfig, k0sctl Cluster, or just
     /// spec.network.controlPlaneLoadBalancing); print every problem.
@@ -108,6 +117,42 @@ fn main() -> ExitCode {
                 })
             });
             finish(result)
+        }
+        Command::Status {
+            config,
+            address,
+            json,
+        } => {
+            let address = match (address, config) {
+                (Some(address), _) => address,
+                (None, Some(file)) => match load(&file) {
+                    Some(config) => config.cplb.admin_address,
+                    None => return ExitCode::FAILURE,
+                },
+                (None, None) => config::DEFAULT_ADMIN_ADDRESS
+                    .parse()
+                    .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 9440))),
+            };
+            let result = runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let report = admin::fetch_status(address, Duration::from_secs(5))
+                        .await
+                        .with_context(|| format!("cannot read the agent's status at http://{address}/status; is `cplb run` running on this node?"))?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        print!("{}", admin::render_status(&report));
+                    }
+                    Ok(())
+                })
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cplb status: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Validate { file } => match config::load(&file, &SystemHost) {
             Ok(_) => {
@@ -159,25 +204,29 @@ fn load(file: &Path) -> Option<Config> {
 }
 
 fn init_logging(args: &LogArgs) {
-    use tracing_subscriber::EnvFilter;
-    let filter = args
-        .log_level
-        .clone()
-        .or_else(|| std::env::var("CPLB_LOG").ok())
-        .unwrap_or_else(|| "info".to_owned());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match args.log_format {
-        LogFormat::Logfmt => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    if let Err(e) = logging::init(args.log_format, args.log_level.as_deref()) {
+        eprintln!("cplb: {e}; logging at info");
+        let _ = logging::init(args.log_format, Some("info"));
+    }
 }
 
 async fn run_agent(config: Config) -> anyhow::Result<()> {
-    let (report, _report_rx) = watch::channel(StatusReport::default());
-    run::run(config, RunOptions { report }).await?;
+    let address = config.cplb.admin_address;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on the admin address {address}"))?;
+    let (report, report_rx) = watch::channel(StatusReport::default());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(admin::serve(
+        listener,
+        std::sync::Arc::new(report_rx),
+        cancel.clone(),
+    ));
+    info!(component = "agent", %address, "admin endpoint: /metrics /healthz /readyz /status");
+    let result = run::run(config, RunOptions { report }).await;
+    cancel.cancel();
+    let _ = server.await;
+    result?;
     Ok(())
 }
 

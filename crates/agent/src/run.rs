@@ -29,9 +29,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Netfilter};
+use crate::config::Config;
 use crate::health::{Health, HealthPolicy, HealthTracker};
-use crate::netfilter::{Iptables, NetfilterError, Redirect, detect_mode};
+use crate::netfilter::{NetfilterError, Redirect, Rules};
 use crate::status::{
     BackendReport, Counted, InstanceReport, NetfilterReport, NodeHealthReport, ProxyReport,
     ReconcilerReport, StatusReport,
@@ -154,8 +154,12 @@ pub async fn instance_configs(
         } else {
             Version::V2
         };
-        let mut router =
-            RouterConfig::new(version, instance.virtual_router_id, primary_ip, vips.clone());
+        let mut router = RouterConfig::new(
+            version,
+            instance.virtual_router_id,
+            primary_ip,
+            vips.clone(),
+        );
         router.priority = priority;
         router.advert_interval = Centis(u16::from(instance.advert_interval_seconds) * 100);
         // RFC 5798 removed authentication; keepalived ignores authPass in v3.
@@ -192,64 +196,6 @@ pub fn redirects(config: &Config) -> Vec<Redirect> {
         .collect()
 }
 
-/// The netfilter front end chosen in `cplb.netfilter`.
-pub struct Rules {
-    backend: Netfilter,
-    iptables: Iptables,
-}
-
-impl Rules {
-    /// The front end for `config`.
-    pub fn new(config: &Config) -> Rules {
-        Rules {
-            backend: config.cplb.netfilter,
-            iptables: Iptables::new(detect_mode(), config.cplb.output_rule),
-        }
-    }
-
-    /// Installs every rule not already there.
-    pub fn ensure(&self, rules: &[Redirect]) -> Result<(), NetfilterError> {
-        self.iptables.ensure(rules)
-    }
-
-    /// Removes every rule, carrying on past errors.
-    pub fn remove(&self, rules: &[Redirect]) -> Vec<NetfilterError> {
-        self.iptables.remove(rules)
-    }
-
-    /// Whether every rule is in place.
-    pub fn all_present(&self, rules: &[Redirect]) -> Result<bool, NetfilterError> {
-        self.iptables.all_present(rules)
-    }
-
-    /// `iptables` or `nftables`.
-    pub fn backend_name(&self) -> &'static str {
-        match self.backend {
-            Netfilter::Iptables => "iptables",
-            Netfilter::Nftables => "nftables",
-        }
-    }
-
-    /// The rules as `iptables-save` prints them.
-    pub fn describe(&self, rules: &[Redirect]) -> Vec<String> {
-        let mut out = Vec::new();
-        for rule in rules {
-            let cidr = if rule.vip.is_ipv6() { 128 } else { 32 };
-            let mut chains = vec!["PREROUTING"];
-            if self.iptables.output_rule {
-                chains.push("OUTPUT");
-            }
-            for chain in chains {
-                out.push(format!(
-                    "-A {chain} -d {}/{cidr} -p tcp -m tcp --dport {} -j REDIRECT --to-ports {}",
-                    rule.vip, rule.api_port, rule.proxy_port
-                ));
-            }
-        }
-        out
-    }
-}
-
 /// Crash handoff (`cplb release`): priority-0 adverts for every instance
 /// whose VIPs are still on this node, VIPs removed, then the REDIRECT rules
 /// removed. Safe to run after a clean stop: it then finds nothing to do.
@@ -257,7 +203,7 @@ pub async fn release(config: &Config) -> Result<Vec<u8>, RunError> {
     let instances = instance_configs(config, config.cplb.priority).await?;
     let released = driver::release(instances).await?;
     if !config.disable_load_balancer {
-        let rules = Rules::new(config);
+        let rules = Rules::new(config.cplb.netfilter, config.cplb.output_rule);
         let errors = rules.remove(&redirects(config));
         if !errors.is_empty() {
             let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -330,7 +276,7 @@ impl LoadBalancer {
         let proxy_cancel = CancellationToken::new();
         let proxy_task = tokio::spawn(proxy.run(proxy_cancel.clone()));
 
-        let rules = Rules::new(config);
+        let rules = Rules::new(config.cplb.netfilter, config.cplb.output_rule);
         let redirects = redirects(config);
         if let Err(e) = rules.ensure(&redirects) {
             reconciler_cancel.cancel();
@@ -341,7 +287,12 @@ impl LoadBalancer {
             let _ = rules.remove(&redirects);
             return Err(e.into());
         }
-        info!(component = "netfilter", backend = rules.backend_name(), rules = redirects.len(), "REDIRECT rules in place");
+        info!(
+            component = "netfilter",
+            backend = rules.backend_name(),
+            rules = redirects.len(),
+            "REDIRECT rules in place"
+        );
         Ok(LoadBalancer {
             proxy_task,
             proxy_cancel,
@@ -389,7 +340,10 @@ impl LoadBalancer {
         match self.rules.all_present(&self.redirects) {
             Ok(true) => self.rules_in_place = true,
             Ok(false) => {
-                warn!(component = "netfilter", "REDIRECT rules missing; putting them back");
+                warn!(
+                    component = "netfilter",
+                    "REDIRECT rules missing; putting them back"
+                );
                 self.rules_in_place = self.rules.ensure(&self.redirects).is_ok();
             }
             Err(e) => {
@@ -589,7 +543,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
         .collect();
 
     let mut lb = if config.disable_load_balancer {
-        info!(component = "agent", "disableLoadBalancer: VRRP only, no proxy, reconciler or rules");
+        info!(
+            component = "agent",
+            "disableLoadBalancer: VRRP only, no proxy, reconciler or rules"
+        );
         None
     } else {
         Some(LoadBalancer::start(&config).await?)
@@ -622,7 +579,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
     if !started_vrrp {
         return Err(RunError::Crashed("VRRP driver"));
     }
-    info!(component = "agent", instances = config.vrrp_instances.len(), priority, "started");
+    info!(
+        component = "agent",
+        instances = config.vrrp_instances.len(),
+        priority,
+        "started"
+    );
     notify(&[sd_notify::NotifyState::Ready]);
 
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
@@ -656,23 +618,33 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
                 .or_else(|| tracker.handle_timeout(now));
             if let Some(change) = change {
                 match change.health {
-                    Health::Healthy => info!(component = "agent", priority = change.priority, reason = %change.reason, "node healthy: base priority"),
-                    Health::Unhealthy => warn!(component = "agent", priority = change.priority, reason = %change.reason, "node unhealthy: degraded priority, a healthy node takes the VIP"),
+                    Health::Healthy => {
+                        info!(component = "agent", priority = change.priority, reason = %change.reason, "node healthy: base priority")
+                    }
+                    Health::Unhealthy => {
+                        warn!(component = "agent", priority = change.priority, reason = %change.reason, "node unhealthy: degraded priority, a healthy node takes the VIP")
+                    }
                 }
                 health_reason = change.reason.clone();
                 if control_tx
-                    .send(Control::SetPriority { vrid: None, priority: change.priority })
+                    .send(Control::SetPriority {
+                        vrid: None,
+                        priority: change.priority,
+                    })
                     .await
                     .is_err()
                 {
-                    warn!(component = "agent", "VRRP driver gone; priority not changed");
+                    warn!(
+                        component = "agent",
+                        "VRRP driver gone; priority not changed"
+                    );
                 }
             } else if tracker.health() == Health::Healthy && healthy {
                 health_reason = reason;
             }
         }
         if let Some(lb) = lb.as_mut()
-            && ticks % RULE_CHECK_EVERY == 0
+            && ticks.is_multiple_of(RULE_CHECK_EVERY)
         {
             lb.check_rules();
         }

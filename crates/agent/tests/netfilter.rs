@@ -1,13 +1,15 @@
-//! The REDIRECT rules on the real kernel, each test in a network namespace
-//! of its own (a thread that unshared its network namespace; it vanishes
-//! with the thread, so nothing leaks and the host's tables are untouched).
+//! The REDIRECT rules on the real kernel, both back ends, each test in a
+//! network namespace of its own (a thread that unshared its network
+//! namespace; it vanishes with the thread, so nothing leaks and the host's
+//! tables are untouched).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use cplb::netfilter::{Chain, Iptables, IptablesMode, Redirect, detect_mode};
+use cplb::config::Netfilter;
+use cplb::netfilter::{Chain, Iptables, IptablesMode, Nftables, Redirect, Rules, detect_mode};
 use nix::sched::{CloneFlags, unshare};
 
 fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -66,6 +68,10 @@ fn rules_are_k0s_rules_added_once_and_removed_completely() {
         iptables.ensure(&rules).unwrap();
         iptables.ensure(&rules).unwrap();
         assert!(iptables.all_present(&rules).unwrap());
+        // What the status page shows is what iptables-save prints.
+        let mut saved = saved_nat(mode, false);
+        saved.extend(saved_nat(mode, true));
+        assert_eq!(iptables.describe(&rules), saved);
         assert_eq!(
             saved_nat(mode, false),
             vec![
@@ -166,5 +172,227 @@ fn the_output_rule_sends_local_connections_to_the_proxy_port() {
 
         assert!(iptables.remove(&[rule("192.0.2.100")]).is_empty());
         assert!(TcpStream::connect_timeout(&(vip, 6443).into(), Duration::from_secs(2)).is_err());
+    });
+}
+
+/// Every rule in the netns's nftables ruleset, as
+/// `table <family> <table> chain <chain>: <rule>` (the form of
+/// `Nftables::describe`), from `nft list ruleset`.
+fn nft_rules() -> Vec<String> {
+    let listing = run("nft", &["list", "ruleset"]);
+    let mut table = String::new();
+    let mut chain = String::new();
+    let mut rules = Vec::new();
+    for line in listing.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("table ") {
+            table = rest.trim_end_matches(" {").to_string();
+        } else if let Some(rest) = line.strip_prefix("chain ") {
+            chain = rest.trim_end_matches(" {").to_string();
+        } else if !(line.is_empty() || line == "}" || line.starts_with("type ")) {
+            rules.push(format!("table {table} chain {chain}: {line}"));
+        }
+    }
+    rules
+}
+
+/// The tables in the netns's ruleset, as `<family> <name>`.
+fn nft_tables() -> Vec<String> {
+    run("nft", &["list", "tables"])
+        .lines()
+        .filter_map(|l| l.strip_prefix("table "))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn nftables_rules_are_added_once_and_removed_completely() {
+    in_fresh_netns(|| {
+        let nft = Nftables::new(true);
+        let rules = [rule("192.0.2.100"), rule("2001:db8::100")];
+        assert!(!nft.all_present(&rules).unwrap());
+        // Twice, as after a crash and restart: still one copy each.
+        nft.ensure(&rules).unwrap();
+        nft.ensure(&rules).unwrap();
+        assert!(nft.all_present(&rules).unwrap());
+        for chain in [Chain::Prerouting, Chain::Output] {
+            for r in &rules {
+                assert!(nft.present(chain, r).unwrap());
+            }
+        }
+        assert_eq!(
+            sorted(nft_rules()),
+            sorted(vec![
+                "table ip cplb chain prerouting: ip daddr 192.0.2.100 tcp dport 6443 redirect to :6444".into(),
+                "table ip cplb chain output: ip daddr 192.0.2.100 tcp dport 6443 redirect to :6444".into(),
+                "table ip6 cplb chain prerouting: ip6 daddr 2001:db8::100 tcp dport 6443 redirect to :6444".into(),
+                "table ip6 cplb chain output: ip6 daddr 2001:db8::100 tcp dport 6443 redirect to :6444".into(),
+            ])
+        );
+        // What the status page shows is what nft prints.
+        assert_eq!(sorted(nft.describe(&rules)), sorted(nft_rules()));
+        let listing = run("nft", &["list", "table", "ip", "cplb"]);
+        assert!(
+            listing.contains("type nat hook prerouting priority dstnat;")
+                && listing.contains("type nat hook output priority -100;"),
+            "{listing}"
+        );
+        // A rule for another VIP or port is not "present".
+        let other = Redirect {
+            proxy_port: 7444,
+            ..rule("192.0.2.100")
+        };
+        assert!(!nft.present(Chain::Prerouting, &other).unwrap());
+        assert!(!nft.all_present(&[rule("192.0.2.101")]).unwrap());
+
+        assert!(nft.remove().is_empty());
+        assert!(nft_tables().is_empty(), "{:?}", nft_tables());
+        assert!(!nft.all_present(&rules).unwrap());
+        // Removing what is not there is not an error.
+        assert!(nft.remove().is_empty());
+    });
+}
+
+#[test]
+fn nftables_removal_with_no_table_is_not_an_error() {
+    in_fresh_netns(|| {
+        let nft = Nftables::new(true);
+        assert!(nft.remove().is_empty());
+        assert!(nft_tables().is_empty());
+        assert!(
+            !nft.present(Chain::Prerouting, &rule("192.0.2.100"))
+                .unwrap()
+        );
+    });
+}
+
+#[test]
+fn nftables_ensure_replaces_what_is_no_longer_configured() {
+    in_fresh_netns(|| {
+        Nftables::new(true)
+            .ensure(&[rule("192.0.2.100"), rule("2001:db8::100")])
+            .unwrap();
+        // Restarted with the OUTPUT rule off and the IPv6 VIP gone.
+        let nft = Nftables::new(false);
+        nft.ensure(&[rule("192.0.2.100")]).unwrap();
+        assert_eq!(nft_tables(), vec!["ip cplb"]);
+        assert_eq!(
+            nft_rules(),
+            vec![
+                "table ip cplb chain prerouting: ip daddr 192.0.2.100 tcp dport 6443 redirect to :6444"
+            ]
+        );
+        assert!(nft.all_present(&[rule("192.0.2.100")]).unwrap());
+        assert!(!nft.present(Chain::Output, &rule("192.0.2.100")).unwrap());
+        // No VIPs at all: no tables.
+        nft.ensure(&[]).unwrap();
+        assert!(nft_tables().is_empty());
+    });
+}
+
+#[test]
+fn nftables_leaves_other_tables_alone() {
+    in_fresh_netns(|| {
+        run("nft", &["add", "table", "ip", "filter"]);
+        run(
+            "nft",
+            &["add chain ip filter input { type filter hook input priority 0; }"],
+        );
+        run("nft", &["add rule ip filter input tcp dport 22 accept"]);
+        let nft = Nftables::with_table("cplb-test", true);
+        assert_eq!(nft.table(), "cplb-test");
+        nft.ensure(&[rule("192.0.2.100")]).unwrap();
+        assert_eq!(sorted(nft_tables()), vec!["ip cplb-test", "ip filter"]);
+        assert!(nft.all_present(&[rule("192.0.2.100")]).unwrap());
+        // The default table name is another table.
+        assert!(
+            !Nftables::new(true)
+                .all_present(&[rule("192.0.2.100")])
+                .unwrap()
+        );
+        assert!(nft.remove().is_empty());
+        assert_eq!(
+            nft_rules(),
+            vec!["table ip filter chain input: tcp dport 22 accept"]
+        );
+    });
+}
+
+#[test]
+fn nftables_output_rule_sends_local_connections_to_the_proxy_port() {
+    in_fresh_netns(|| {
+        run("ip", &["addr", "add", "192.0.2.100/32", "dev", "lo"]);
+        run(
+            "ip",
+            &["addr", "add", "2001:db8::100/128", "dev", "lo", "nodad"],
+        );
+        // Dual-stack, as the proxy listens on both families.
+        let proxy = TcpListener::bind("[::]:6444").unwrap();
+        let vips: [IpAddr; 2] = [
+            "192.0.2.100".parse().unwrap(),
+            "2001:db8::100".parse().unwrap(),
+        ];
+        for vip in vips {
+            // Nothing listens on 6443: without the rule the connection is refused.
+            assert!(
+                TcpStream::connect_timeout(&(vip, 6443).into(), Duration::from_secs(2)).is_err()
+            );
+        }
+
+        let rules = Rules::new(Netfilter::Nftables, true);
+        assert_eq!(rules.backend_name(), "nftables");
+        let redirects = [rule("192.0.2.100"), rule("2001:db8::100")];
+        rules.ensure(&redirects).unwrap();
+        assert!(rules.all_present(&redirects).unwrap());
+        for vip in vips {
+            let mut client =
+                TcpStream::connect_timeout(&(vip, 6443).into(), Duration::from_secs(2)).unwrap();
+            client.write_all(b"ping").unwrap();
+            let (mut accepted, _) = proxy.accept().unwrap();
+            let mut buf = [0u8; 4];
+            accepted.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"ping");
+            assert_eq!(accepted.local_addr().unwrap().port(), 6444);
+        }
+
+        assert!(rules.remove(&redirects).is_empty());
+        for vip in vips {
+            assert!(
+                TcpStream::connect_timeout(&(vip, 6443).into(), Duration::from_secs(2)).is_err()
+            );
+        }
+    });
+}
+
+#[test]
+fn the_front_picks_the_configured_back_end() {
+    in_fresh_netns(|| {
+        let rules = Rules::new(Netfilter::Iptables, false);
+        let name = rules.backend_name();
+        assert!(
+            name == "iptables-nft" || name == "iptables-legacy",
+            "{name}"
+        );
+        let redirects = [rule("192.0.2.100")];
+        assert_eq!(
+            rules.describe(&redirects),
+            vec![
+                "-A PREROUTING -d 192.0.2.100/32 -p tcp -m tcp --dport 6443 -j REDIRECT --to-ports 6444"
+            ]
+        );
+        rules.ensure(&redirects).unwrap();
+        assert!(rules.all_present(&redirects).unwrap());
+        // The iptables rules do not show up as ours in nftables.
+        assert!(
+            !Rules::new(Netfilter::Nftables, false)
+                .all_present(&redirects)
+                .unwrap()
+        );
+        assert!(rules.remove(&redirects).is_empty());
+        assert!(!rules.all_present(&redirects).unwrap());
     });
 }

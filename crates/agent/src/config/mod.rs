@@ -962,9 +962,12 @@ impl Validator<'_> {
                         *slot = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
                     }
                     _ => self.problem(
-                        &format!("cplb.health.{name}"),
+                        format!("cplb.health.{name}"),
                         Some(&text.referenced),
-                        format!("{name} must be a non-negative duration like 3s. Got: {}", text.value),
+                        format!(
+                            "{name} must be a non-negative duration like 3s. Got: {}",
+                            text.value
+                        ),
                     ),
                 }
             }

@@ -321,7 +321,10 @@ pub async fn release(configs: Vec<InstanceConfig>) -> Result<Vec<u8>, DriverErro
         for &dst in destinations {
             match advert.emit(src, dst, &mut buf) {
                 Ok(len) => {
-                    if let Err(e) = socket.send(buf.get(..len).unwrap_or_default(), src, dst).await {
+                    if let Err(e) = socket
+                        .send(buf.get(..len).unwrap_or_default(), src, dst)
+                        .await
+                    {
                         warn!(component = "vrrp", vrid, %dst, error = %e, "cannot send priority-0 advert");
                     }
                 }
@@ -642,7 +645,13 @@ impl Driver {
             }
             let from = instance.router.priority();
             let actions = instance.router.set_priority(t, priority);
-            info!(component = "vrrp", vrid = instance.config.router.vrid, from, to = instance.router.priority(), "priority changed");
+            info!(
+                component = "vrrp",
+                vrid = instance.config.router.vrid,
+                from,
+                to = instance.router.priority(),
+                "priority changed"
+            );
             self.apply(index, actions).await;
         }
     }
