@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod health;
 pub mod logging;
+pub mod manifest;
 pub mod netfilter;
 pub mod run;
 pub mod status;

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use cplb::admin;
 use cplb::config::{self, Config, ConfigError, SystemHost};
+use cplb::logging::{self, LogFormat};
 use cplb::run::{self, RunOptions};
 use cplb::status::StatusReport;
+use cplb::{admin, manifest};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -31,12 +32,6 @@ struct LogArgs {
     /// from CPLB_LOG, else info.
     #[arg(long)]
     log_level: Option<String>,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
-enum LogFormat {
-    Logfmt,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +71,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a static Pod manifest for /etc/kubernetes/manifests
+    /// (kubeadm-style clusters), as kube-vip users deploy it.
+    Manifest {
+        /// Configuration the Pod will run with; its cplb.kubeconfig and
+        /// cplb.adminAddress set the mounts and probes.
+        #[arg(long, short, env = "CPLB_CONFIG")]
+        config: Option<PathBuf>,
+        /// Container image with cplb and iptables/nft (the default is an
+        /// unpullable placeholder).
+        #[arg(long)]
+        image: Option<String>,
+    },
     /// Check a configuration (k0s ClusterConfig, k0sctl Cluster, or just
     /// spec.network.controlPlaneLoadBalancing); print every problem.
     Validate {
@@ -100,7 +107,7 @@ fn main() -> ExitCode {
         } => {
             init_logging(&log);
             let Some(loaded) = load(&config) else {
-                return ExitCode::FAILURE;
+                return ExitCode::from(EX_CONFIG);
             };
             let result = if supervise {
                 runtime().and_then(|rt| rt.block_on(supervise_worker(&config, &log, &loaded)))
@@ -159,6 +166,34 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Manifest { config, image } => {
+            let mut options = match &config {
+                Some(file) => match load(file) {
+                    Some(loaded) => manifest::ManifestOptions::for_config(
+                        &loaded,
+                        std::fs::canonicalize(file)
+                            .unwrap_or_else(|_| file.clone())
+                            .display()
+                            .to_string(),
+                    ),
+                    None => return ExitCode::from(EX_CONFIG),
+                },
+                None => manifest::ManifestOptions::default(),
+            };
+            if let Some(image) = image {
+                options.image = image;
+            }
+            match manifest::static_pod(&options) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cplb manifest: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Validate { file } => match config::load(&file, &SystemHost) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -180,13 +215,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// sysexits.h EX_CONFIG: the unit's `RestartPreventExitStatus=78` keeps
+/// systemd from restarting an agent whose configuration cannot work.
+const EX_CONFIG: u8 = 78;
+
 fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(component = "agent", error = format!("{e:#}"), "failed");
             eprintln!("cplb: {e:#}");
-            ExitCode::FAILURE
+            let config_error = matches!(
+                e.downcast_ref::<run::RunError>(),
+                Some(
+                    run::RunError::Disabled
+                        | run::RunError::VirtualServers
+                        | run::RunError::Interface { .. }
+                )
+            );
+            if config_error {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -209,20 +260,10 @@ fn load(file: &Path) -> Option<Config> {
 }
 
 fn init_logging(args: &LogArgs) {
-    use tracing_subscriber::EnvFilter;
-    let filter = args
-        .log_level
-        .clone()
-        .or_else(|| std::env::var("CPLB_LOG").ok())
-        .unwrap_or_else(|| "info".to_owned());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match args.log_format {
-        LogFormat::Logfmt => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    if let Err(e) = logging::init(args.log_format, args.log_level.as_deref()) {
+        eprintln!("cplb: {e}; logging at info");
+        let _ = logging::init(args.log_format, Some("info"));
+    }
 }
 
 async fn run_agent(config: Config) -> anyhow::Result<()> {

@@ -29,9 +29,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Netfilter};
+use crate::config::Config;
 use crate::health::{Health, HealthPolicy, HealthTracker};
-use crate::netfilter::{Iptables, NetfilterError, Redirect, detect_mode};
+use crate::netfilter::{NetfilterError, Redirect, Rules};
 use crate::status::{
     BackendReport, Counted, InstanceReport, NetfilterReport, NodeHealthReport, ProxyReport,
     ReconcilerReport, StatusReport,
@@ -196,64 +196,6 @@ pub fn redirects(config: &Config) -> Vec<Redirect> {
         .collect()
 }
 
-/// The netfilter front end chosen in `cplb.netfilter`.
-pub struct Rules {
-    backend: Netfilter,
-    iptables: Iptables,
-}
-
-impl Rules {
-    /// The front end for `config`.
-    pub fn new(config: &Config) -> Rules {
-        Rules {
-            backend: config.cplb.netfilter,
-            iptables: Iptables::new(detect_mode(), config.cplb.output_rule),
-        }
-    }
-
-    /// Installs every rule not already there.
-    pub fn ensure(&self, rules: &[Redirect]) -> Result<(), NetfilterError> {
-        self.iptables.ensure(rules)
-    }
-
-    /// Removes every rule, carrying on past errors.
-    pub fn remove(&self, rules: &[Redirect]) -> Vec<NetfilterError> {
-        self.iptables.remove(rules)
-    }
-
-    /// Whether every rule is in place.
-    pub fn all_present(&self, rules: &[Redirect]) -> Result<bool, NetfilterError> {
-        self.iptables.all_present(rules)
-    }
-
-    /// `iptables` or `nftables`.
-    pub fn backend_name(&self) -> &'static str {
-        match self.backend {
-            Netfilter::Iptables => "iptables",
-            Netfilter::Nftables => "nftables",
-        }
-    }
-
-    /// The rules as `iptables-save` prints them.
-    pub fn describe(&self, rules: &[Redirect]) -> Vec<String> {
-        let mut out = Vec::new();
-        for rule in rules {
-            let cidr = if rule.vip.is_ipv6() { 128 } else { 32 };
-            let mut chains = vec!["PREROUTING"];
-            if self.iptables.output_rule {
-                chains.push("OUTPUT");
-            }
-            for chain in chains {
-                out.push(format!(
-                    "-A {chain} -d {}/{cidr} -p tcp -m tcp --dport {} -j REDIRECT --to-ports {}",
-                    rule.vip, rule.api_port, rule.proxy_port
-                ));
-            }
-        }
-        out
-    }
-}
-
 /// Crash handoff (`cplb release`): priority-0 adverts for every instance
 /// whose VIPs are still on this node, VIPs removed, then the REDIRECT rules
 /// removed. Safe to run after a clean stop: it then finds nothing to do.
@@ -261,7 +203,7 @@ pub async fn release(config: &Config) -> Result<Vec<u8>, RunError> {
     let instances = instance_configs(config, config.cplb.priority).await?;
     let released = driver::release(instances).await?;
     if !config.disable_load_balancer {
-        let rules = Rules::new(config);
+        let rules = Rules::new(config.cplb.netfilter, config.cplb.output_rule);
         let errors = rules.remove(&redirects(config));
         if !errors.is_empty() {
             let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -334,7 +276,7 @@ impl LoadBalancer {
         let proxy_cancel = CancellationToken::new();
         let proxy_task = tokio::spawn(proxy.run(proxy_cancel.clone()));
 
-        let rules = Rules::new(config);
+        let rules = Rules::new(config.cplb.netfilter, config.cplb.output_rule);
         let redirects = redirects(config);
         if let Err(e) = rules.ensure(&redirects) {
             reconciler_cancel.cancel();

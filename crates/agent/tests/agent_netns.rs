@@ -496,9 +496,48 @@ fn virtual_servers_are_refused_with_a_clear_error() {
         .arg(&config)
         .output()
         .unwrap();
-    assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // EX_CONFIG: the unit's RestartPreventExitStatus stops restart loops.
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("virtualServers"), "{stderr}");
     assert_eq!(redirect_rules(&lab, &c1.netns), Vec::<String>::new());
     assert!(!holds_vip(&lab, &c1));
+}
+
+#[test]
+fn nftables_backend_installs_its_table_and_deletes_it_on_stop() {
+    let mut lab = Lab::new().unwrap();
+    let c1 = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
+    let scratch = Scratch::new("nft");
+    let config = scratch.path("c1.yaml");
+    write_config(
+        &config,
+        &scratch.path("missing.conf"),
+        "  netfilter: nftables\n",
+    );
+    let notify = NotifySocket::bind(scratch.path("notify.sock"));
+    let log = scratch.path("c1.log");
+    let agent = start_agent(&lab, &c1, &config, &log, Some(&notify.path));
+    assert!(
+        notify.wait_for("READY=1", Duration::from_secs(30)),
+        "{}",
+        dump_log(&log)
+    );
+    let table = lab
+        .exec_in(&c1.netns, "nft", ["list", "table", "ip", "cplb"])
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains(&format!("ip daddr {VIP} tcp dport 6443 redirect to :6444")),
+        "{table}"
+    );
+    assert_eq!(redirect_rules(&lab, &c1.netns), Vec::<String>::new());
+    lab.signal(agent, Signal::SIGTERM).unwrap();
+    let out = lab.wait_child(agent, Duration::from_secs(30)).unwrap();
+    assert!(out.status.success(), "{}", dump_log(&log));
+    let tables = lab.exec_in(&c1.netns, "nft", ["list", "tables"]).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("cplb"),
+        "table left after stop"
+    );
 }
