@@ -27,7 +27,45 @@ fn pids_in(netns: &str) -> Vec<Pid> {
 /// agents remove their VIP and rules; SIGKILL after `grace`), deletes the
 /// namespaces and the lab's directory. Returns the namespaces removed.
 pub fn clean(prefix: &str, grace: Duration) -> Result<Vec<String>, LabError> {
-    let namespaces = list_netns(prefix)?;
+    let removed = remove(list_netns(prefix)?, grace);
+    // The lab's directory and keepalived's (`<netns>-keepalived`).
+    remove_dirs(prefix);
+    Ok(removed)
+}
+
+/// Removes the labs of test processes that no longer exist (killed before
+/// their Drop guards ran), with the agents still running inside them.
+pub fn clean_stale_tests(grace: Duration) -> Result<Vec<String>, LabError> {
+    let stale: Vec<String> = list_netns(cplb_e2e::NETNS_PREFIX)?
+        .into_iter()
+        .filter(|name| {
+            name.strip_prefix(cplb_e2e::NETNS_PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect();
+    // `cplbt-<pid>-<n>-…` → the lab's prefix `cplbt-<pid>-<n>-`.
+    let prefixes: std::collections::BTreeSet<String> = stale
+        .iter()
+        .filter_map(|name| {
+            let mut parts = name.strip_prefix(cplb_e2e::NETNS_PREFIX)?.splitn(3, '-');
+            Some(format!(
+                "{}{}-{}-",
+                cplb_e2e::NETNS_PREFIX,
+                parts.next()?,
+                parts.next()?
+            ))
+        })
+        .collect();
+    let removed = remove(stale, grace);
+    for prefix in prefixes {
+        remove_dirs(&prefix);
+    }
+    Ok(removed)
+}
+
+fn remove(namespaces: Vec<String>, grace: Duration) -> Vec<String> {
     for netns in &namespaces {
         for pid in pids_in(netns) {
             let _ = kill(pid, Signal::SIGTERM);
@@ -51,7 +89,11 @@ pub fn clean(prefix: &str, grace: Duration) -> Result<Vec<String>, LabError> {
             removed.push(netns);
         }
     }
-    // The lab's directory and keepalived's (`<netns>-keepalived`).
+    removed
+}
+
+/// Removes the temporary directories named after `prefix`.
+fn remove_dirs(prefix: &str) {
     let tmp = std::env::temp_dir();
     let _ = std::fs::remove_dir_all(tmp.join(prefix.trim_end_matches('-')));
     if let Ok(entries) = std::fs::read_dir(&tmp) {
@@ -61,5 +103,4 @@ pub fn clean(prefix: &str, grace: Duration) -> Result<Vec<String>, LabError> {
             }
         }
     }
-    Ok(removed)
 }

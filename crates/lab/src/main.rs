@@ -32,7 +32,8 @@ enum Command {
         #[arg(long)]
         keepalived: bool,
     },
-    /// Remove the demo lab's namespaces, processes and files.
+    /// Remove the demo lab (namespaces, processes, files), and the labs of
+    /// test runs that were killed before they could clean up.
     Clean,
 }
 
@@ -63,9 +64,10 @@ fn run() -> anyhow::Result<()> {
             .context("demo failed")
         }
         Command::Clean => {
-            let removed = clean::clean(DEMO_PREFIX, Duration::from_secs(5))?;
+            let mut removed = clean::clean(DEMO_PREFIX, Duration::from_secs(5))?;
+            removed.extend(clean::clean_stale_tests(Duration::from_secs(5))?);
             if removed.is_empty() {
-                println!("no demo lab found ({DEMO_PREFIX}*)");
+                println!("no demo lab ({DEMO_PREFIX}*) and no stale test lab found");
             } else {
                 println!("removed {}", removed.join(", "));
             }
