@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cplb_proxy::{BackendsHandle, Proxy, ProxyConfig};
+use cplb_proxy::{BackendStats, BackendsHandle, Proxy, ProxyConfig};
 use cplb_reconciler::{HealthSnapshot, Reconciler, ReconcilerConfig};
 use cplb_vrrp::fsm::Config as RouterConfig;
 use cplb_vrrp::io::driver::{self, Control, InstanceConfig, InstanceStatus, VipLease};
@@ -237,6 +237,7 @@ struct LoadBalancer {
     rules: Rules,
     redirects: Vec<Redirect>,
     rules_in_place: bool,
+    api_port: u16,
 }
 
 impl LoadBalancer {
@@ -250,6 +251,9 @@ impl LoadBalancer {
         let reconciler_cancel = CancellationToken::new();
 
         let mut proxy_config = ProxyConfig::with_local_apiserver(config.api_port);
+        // After the VIP has moved, connections through it are dead anyway;
+        // only local clients (OUTPUT rule) gain from a long drain.
+        proxy_config.drain_timeout = Duration::from_secs(5);
         proxy_config.listen = SocketAddr::new(
             IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             config.user_space_proxy_bind_port,
@@ -306,6 +310,7 @@ impl LoadBalancer {
             rules,
             redirects,
             rules_in_place: true,
+            api_port: config.api_port,
         })
     }
 
@@ -355,9 +360,33 @@ impl LoadBalancer {
 
     fn report(&self) -> (ProxyReport, ReconcilerReport, NetfilterReport) {
         let snapshot = self.health.borrow();
-        let backends = self
-            .backends
-            .stats()
+        // Counters exist only for backends that have had a connection; list
+        // every backend of the set and every apiserver the reconciler knows
+        // too, with zero counters.
+        let mut stats = self.backends.stats();
+        let current = self.backends.current();
+        for addr in current.iter().copied().chain(
+            snapshot
+                .keys()
+                .map(|ip| SocketAddr::new(*ip, self.api_port)),
+        ) {
+            if !stats.iter().any(|s| s.addr == addr) {
+                stats.push(BackendStats {
+                    addr,
+                    in_set: current.contains(&addr),
+                    connections_total: 0,
+                    connections_active: 0,
+                    connect_errors_refused: 0,
+                    connect_errors_timeout: 0,
+                    connect_errors_unreachable: 0,
+                    connect_errors_other: 0,
+                    bytes_to_backend: 0,
+                    bytes_from_backend: 0,
+                });
+            }
+        }
+        stats.sort_by_key(|s| s.addr);
+        let backends = stats
             .into_iter()
             .map(|s| {
                 let status = snapshot.get(&s.addr.ip());

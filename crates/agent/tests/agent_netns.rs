@@ -347,6 +347,26 @@ fn health_aware_mastership_moves_the_vip_off_a_node_that_cannot_serve_and_never_
         .unwrap_or_else(|e| panic!("{e}: {}", dump_log(log)));
     }
     assert_eq!(holders(&lab, &[&c1, &c2]), ["c1"]);
+    // The status page lists both apiservers, healthy and in the proxy's set.
+    wait_until(
+        "c1's status to list both backends",
+        Duration::from_secs(10),
+        || {
+            let out = lab.exec_in(&c1.netns, CPLB, ["status", "--json"]).unwrap();
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let backends = report["proxy"]["backends"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let good = |addr: &str| {
+                backends
+                    .iter()
+                    .any(|b| b["address"] == addr && b["inSet"] == true && b["health"] == "healthy")
+            };
+            good("192.0.2.11:6443") && good("192.0.2.12:6443")
+        },
+    )
+    .unwrap();
 
     // c1 can no longer reach any apiserver: its checks fail, it drops to
     // the degraded priority and healthy c2 preempts.
