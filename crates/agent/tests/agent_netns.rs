@@ -43,8 +43,9 @@ impl Drop for Scratch {
     }
 }
 
-/// A k0s document for one controller plus our section.
-fn write_config(path: &Path, kubeconfig: &Path, health: &str) {
+/// A k0s document for one controller plus our section; `keepalived` is
+/// added to the `keepalived` block, `cplb` to our section.
+fn write_config_with(path: &Path, kubeconfig: &Path, keepalived: &str, cplb: &str) {
     let text = format!(
         "spec:
   api:
@@ -59,12 +60,16 @@ fn write_config(path: &Path, kubeconfig: &Path, health: &str) {
             authPass: agentpw
             interface: eth0
         userSpaceProxyBindPort: 6444
-cplb:
+{keepalived}cplb:
   kubeconfig: {}
-{health}",
+{cplb}",
         kubeconfig.display()
     );
     std::fs::write(path, text).unwrap();
+}
+
+fn write_config(path: &Path, kubeconfig: &Path, cplb: &str) {
+    write_config_with(path, kubeconfig, "", cplb);
 }
 
 /// systemd's side of sd_notify: a datagram socket the agent writes to.
@@ -469,12 +474,8 @@ fn disable_load_balancer_runs_vrrp_only() {
     let c1 = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
     let scratch = Scratch::new("vrrponly");
     let config = scratch.path("c1.yaml");
-    write_config(&config, &scratch.path("missing.conf"), "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "        userSpaceProxyBindPort: 6444\n",
-        "        userSpaceProxyBindPort: 6444\n        disableLoadBalancer: true\n",
-    );
-    std::fs::write(&config, text).unwrap();
+    let keepalived = "        disableLoadBalancer: true\n";
+    write_config_with(&config, &scratch.path("missing.conf"), keepalived, "");
     let notify = NotifySocket::bind(scratch.path("notify.sock"));
     let log = scratch.path("c1.log");
     let agent = start_agent(&lab, &c1, &config, &log, Some(&notify.path));
@@ -504,12 +505,8 @@ fn virtual_servers_are_refused_with_a_clear_error() {
     let c1 = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
     let scratch = Scratch::new("ipvs");
     let config = scratch.path("c1.yaml");
-    write_config(&config, &scratch.path("missing.conf"), "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "        userSpaceProxyBindPort: 6444\n",
-        &format!("        virtualServers:\n          - ipAddress: {VIP}\n"),
-    );
-    std::fs::write(&config, text).unwrap();
+    let keepalived = format!("        virtualServers:\n          - ipAddress: {VIP}\n");
+    write_config_with(&config, &scratch.path("missing.conf"), &keepalived, "");
     let out = lab
         .command_in(&c1.netns, CPLB)
         .args(["run", "--config"])
