@@ -229,6 +229,7 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
                 e.downcast_ref::<run::RunError>(),
                 Some(
                     run::RunError::Disabled
+                        | run::RunError::NoInstances
                         | run::RunError::VirtualServers
                         | run::RunError::Interface { .. }
                 )

@@ -52,6 +52,11 @@ pub enum RunError {
         "spec.network.controlPlaneLoadBalancing.enabled is false: nothing to run (set it to true)"
     )]
     Disabled,
+    /// No VRRP instance is configured.
+    #[error(
+        "keepalived.vrrpInstances is empty: no virtual IP to run (k0s skips keepalived in this case)"
+    )]
+    NoInstances,
     /// IPVS virtual servers are configured.
     #[error(
         "keepalived.virtualServers is set, but cplb has no IPVS mode yet; remove virtualServers to use the userspace proxy on userSpaceProxyBindPort"
@@ -537,6 +542,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
     }
     if !config.virtual_servers.is_empty() {
         return Err(RunError::VirtualServers);
+    }
+    if config.vrrp_instances.is_empty() {
+        return Err(RunError::NoInstances);
     }
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;

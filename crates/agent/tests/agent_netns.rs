@@ -519,6 +519,24 @@ fn virtual_servers_are_refused_with_a_clear_error() {
     assert!(stderr.contains("virtualServers"), "{stderr}");
     assert_eq!(redirect_rules(&lab, &c1.netns), Vec::<String>::new());
     assert!(!holds_vip(&lab, &c1));
+
+    // No VRRP instance at all: k0s skips keepalived; cplb says why it
+    // cannot run instead of waiting forever.
+    let empty = scratch.path("empty.yaml");
+    std::fs::write(
+        &empty,
+        "spec:\n  network:\n    controlPlaneLoadBalancing:\n      enabled: true\n      type: Keepalived\n      keepalived:\n        vrrpInstances: []\n",
+    )
+    .unwrap();
+    let out = lab
+        .command_in(&c1.netns, CPLB)
+        .args(["run", "--config"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("vrrpInstances"), "{stderr}");
 }
 
 #[test]
