@@ -10,6 +10,8 @@
 //! the VIP holder, and the thread records every probe's start and result.
 //! The outage is the longest run of failed probes that ends after the fault;
 //! failed probes are counted from the fault to the end of the window.
+//! Repetition `k` of `n` waits `(k + 0.5) / n` s more before the fault, so
+//! the faults spread over the VRRP advert cycle alike for both stacks.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,7 +32,7 @@ const PERIOD: Duration = Duration::from_millis(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 /// Read/write timeout of one probe once connected.
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
-/// Probing before the fault.
+/// Probing before the fault (plus the repetition's phase, up to 1 s).
 const BEFORE: Duration = Duration::from_secs(1);
 /// A failover window lasts at least this long after the fault (longer than
 /// Master_Down_Interval, 3.22 s, so a late switch is seen) ...
@@ -172,8 +174,13 @@ pub fn run(options: &BenchOptions) -> Result<Report, Error> {
             } else {
                 [Stack::Cplb, Stack::Keepalived]
             };
+            // The fault lands at a different point of the 1 s advert cycle
+            // in each repetition, the same points for both stacks: without
+            // this the lab's own timing locks the phase (the last advert
+            // before the fault) and with it the link-down outage.
+            let phase = Duration::from_secs_f64((rep as f64 + 0.5) / options.reps as f64);
             for stack in stacks {
-                let sample = one(stack, fault)?;
+                let sample = one(stack, fault, phase)?;
                 eprintln!(
                     "[{:6.1}s] {:12} {:18} rep {}: outage {:.3} s, {} of {} probes failed{}{}, VIP {} -> {:?}",
                     started.elapsed().as_secs_f64(),
@@ -212,14 +219,14 @@ pub fn run(options: &BenchOptions) -> Result<Report, Error> {
 }
 
 /// One repetition on a fresh lab, torn down before returning.
-fn one(stack: Stack, fault: Fault) -> Result<Sample, Error> {
+fn one(stack: Stack, fault: Fault, phase: Duration) -> Result<Sample, Error> {
     let mut lab = ControlPlane::start(Options {
         prefix: Some(BENCH_PREFIX.to_owned()),
         family: Family::V4,
         start_agents: false,
         log_level: None,
     })?;
-    let result = measure(&mut lab, stack, fault);
+    let result = measure(&mut lab, stack, fault, phase);
     // Every process in the lab's namespaces (supervised workers, keepalived's
     // VRRP child) goes first; then the lab and its namespaces.
     let _ = clean::stop_processes(BENCH_PREFIX, Duration::from_secs(5));
@@ -227,7 +234,12 @@ fn one(stack: Stack, fault: Fault) -> Result<Sample, Error> {
     result
 }
 
-fn measure(lab: &mut ControlPlane, stack: Stack, fault: Fault) -> Result<Sample, Error> {
+fn measure(
+    lab: &mut ControlPlane,
+    stack: Stack,
+    fault: Fault,
+    phase: Duration,
+) -> Result<Sample, Error> {
     for i in 0..3 {
         match stack {
             Stack::Cplb => lab.start_agent_with(i, &["--supervise"])?,
@@ -252,7 +264,7 @@ fn measure(lab: &mut ControlPlane, stack: Stack, fault: Fault) -> Result<Sample,
             })
         })
     };
-    std::thread::sleep(BEFORE);
+    std::thread::sleep(BEFORE + phase);
     let at = Instant::now();
     if let Ok(mut slot) = fault_at.lock() {
         *slot = Some(at);
@@ -305,7 +317,7 @@ fn steady(lab: &ControlPlane, stack: Stack) -> Result<usize, Error> {
         )?;
     }
     // The holder must not have changed meanwhile.
-    Ok(lab.wait_for_holder(Duration::from_secs(5), |h| h == holder)?)
+    lab.wait_for_holder(Duration::from_secs(5), |h| h == holder)
 }
 
 fn inject(lab: &mut ControlPlane, stack: Stack, fault: Fault, holder: usize) -> Result<(), Error> {
