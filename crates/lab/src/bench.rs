@@ -576,7 +576,7 @@ mod tests {
         let s = summarize(&log, at(250));
         assert!((s.outage - 0.4).abs() < 1e-9, "{}", s.outage);
         assert_eq!(s.failed, 3);
-        assert_eq!(s.probes, 6);
+        assert_eq!(s.probes, 5); // 300, 400, 700, 800, 900
         assert_eq!(s.failed_before, 1);
         assert!(s.recovered);
     }
