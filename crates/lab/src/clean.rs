@@ -65,13 +65,34 @@ pub fn clean_stale_tests(grace: Duration) -> Result<Vec<String>, LabError> {
     Ok(removed)
 }
 
+/// Stops every process inside the namespaces named `prefix*` (SIGTERM,
+/// SIGKILL after `grace`) and leaves the namespaces to their owner: the
+/// benchmark's teardown, which must not leave orphans (a supervised worker,
+/// keepalived's VRRP child) running in a deleted namespace.
+pub fn stop_processes(prefix: &str, grace: Duration) -> Result<(), LabError> {
+    stop(&list_netns(prefix)?, grace);
+    Ok(())
+}
+
 fn remove(namespaces: Vec<String>, grace: Duration) -> Vec<String> {
-    for netns in &namespaces {
+    stop(&namespaces, grace);
+    let mut removed = Vec::new();
+    for netns in namespaces {
+        let status = Command::new("ip").args(["netns", "del", &netns]).status();
+        if status.is_ok_and(|s| s.success()) {
+            removed.push(netns);
+        }
+    }
+    removed
+}
+
+fn stop(namespaces: &[String], grace: Duration) {
+    for netns in namespaces {
         for pid in pids_in(netns) {
             let _ = kill(pid, Signal::SIGTERM);
         }
     }
-    for netns in &namespaces {
+    for netns in namespaces {
         if wait_until(&format!("processes in {netns} to exit"), grace, || {
             pids_in(netns).is_empty()
         })
@@ -82,14 +103,6 @@ fn remove(namespaces: Vec<String>, grace: Duration) -> Vec<String> {
             }
         }
     }
-    let mut removed = Vec::new();
-    for netns in namespaces {
-        let status = Command::new("ip").args(["netns", "del", &netns]).status();
-        if status.is_ok_and(|s| s.success()) {
-            removed.push(netns);
-        }
-    }
-    removed
 }
 
 /// Removes the temporary directories named after `prefix`.

@@ -21,6 +21,7 @@ use cplb_e2e::{ChildId, Lab, LabError, list_netns, wait_for};
 use cplb_testapi::{ApiServer, Cluster, ServerOptions};
 use nix::sys::signal::Signal;
 
+pub mod bench;
 pub mod clean;
 pub mod demo;
 pub mod probe;
@@ -727,6 +728,17 @@ impl ControlPlane {
             haproxy,
         });
         Ok(())
+    }
+
+    /// Sends `signal` to controller `i`'s keepalived only (its haproxy and
+    /// REDIRECT rule stay): SIGKILL is a keepalived crash.
+    pub fn signal_legacy(&self, i: usize, signal: Signal) -> Result<(), Error> {
+        let legacy = self
+            .legacy
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Error::Invalid(format!("controller {i} runs no keepalived")))?;
+        Ok(self.lab.signal(legacy.keepalived.child, signal)?)
     }
 
     /// Stops controller `i`'s keepalived (SIGTERM: it hands the VIP over)

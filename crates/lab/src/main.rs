@@ -1,10 +1,12 @@
-//! `cplb-lab`: the three-controller demo, and cleaning up after it.
+//! `cplb-lab`: the three-controller demo, the whole-agent failover
+//! benchmark, and cleaning up after them.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use cplb_lab::bench::{self, BENCH_PREFIX, BenchOptions, Fault};
 use cplb_lab::demo::{self, DemoOptions};
 use cplb_lab::{DEMO_PREFIX, Family, clean};
 
@@ -32,6 +34,19 @@ enum Command {
         #[arg(long)]
         keepalived: bool,
     },
+    /// Failover benchmark of the whole agent against keepalived + HAProxy
+    /// configured like k0s: same lab, same probes, one run.
+    Bench {
+        /// Repetitions per fault and stack (a fresh lab each).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Comma-separated faults: link-down, sigkill, sigterm, backend-loss.
+        #[arg(long, default_value = "link-down,sigkill,sigterm,backend-loss")]
+        faults: String,
+        /// Print every sample as JSON after the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the demo lab (namespaces, processes, files), and the labs of
     /// test runs that were killed before they could clean up.
     Clean,
@@ -54,7 +69,7 @@ fn run() -> anyhow::Result<()> {
             ipv6,
             keepalived,
         } => {
-            on_interrupt_clean_up()?;
+            on_interrupt_clean_up(DEMO_PREFIX)?;
             let family = if ipv6 { Family::V6 } else { Family::V4 };
             demo::run(DemoOptions {
                 keep,
@@ -63,11 +78,36 @@ fn run() -> anyhow::Result<()> {
             })
             .context("demo failed")
         }
+        Command::Bench { reps, faults, json } => {
+            anyhow::ensure!(reps >= 1, "--reps must be at least 1");
+            let faults = faults
+                .split(',')
+                .filter(|f| !f.trim().is_empty())
+                .map(Fault::parse)
+                .collect::<Result<Vec<_>, _>>()?;
+            anyhow::ensure!(!faults.is_empty(), "--faults is empty");
+            let stale = cplb_e2e::list_netns(BENCH_PREFIX)?;
+            anyhow::ensure!(
+                stale.is_empty(),
+                "network namespaces of an earlier benchmark still exist ({}); remove them with `cplb-lab clean`",
+                stale.join(", ")
+            );
+            on_interrupt_clean_up(BENCH_PREFIX)?;
+            let report = bench::run(&BenchOptions { reps, faults }).context("benchmark failed")?;
+            println!("{}", report.markdown());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.json())?);
+            }
+            Ok(())
+        }
         Command::Clean => {
             let mut removed = clean::clean(DEMO_PREFIX, Duration::from_secs(5))?;
+            removed.extend(clean::clean(BENCH_PREFIX, Duration::from_secs(5))?);
             removed.extend(clean::clean_stale_tests(Duration::from_secs(5))?);
             if removed.is_empty() {
-                println!("no demo lab ({DEMO_PREFIX}*) and no stale test lab found");
+                println!(
+                    "no demo lab ({DEMO_PREFIX}*), no benchmark lab ({BENCH_PREFIX}*) and no stale test lab found"
+                );
             } else {
                 println!("removed {}", removed.join(", "));
             }
@@ -76,9 +116,10 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
-/// Ctrl-C or SIGTERM: remove the lab (its processes, namespaces and files)
-/// and exit, from a thread of its own while the demo is anywhere.
-fn on_interrupt_clean_up() -> anyhow::Result<()> {
+/// Ctrl-C or SIGTERM: remove the lab named `prefix*` (its processes,
+/// namespaces and files) and exit, from a thread of its own while the demo
+/// or the benchmark is anywhere.
+fn on_interrupt_clean_up(prefix: &'static str) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -99,7 +140,7 @@ fn on_interrupt_clean_up() -> anyhow::Result<()> {
             }
         });
         eprintln!("\ncplb-lab: interrupted, removing the lab");
-        if let Err(e) = clean::clean(DEMO_PREFIX, Duration::from_secs(5)) {
+        if let Err(e) = clean::clean(prefix, Duration::from_secs(5)) {
             eprintln!("cplb-lab: cleaning up failed: {e}; run `cplb-lab clean`");
         }
         std::process::exit(130);
