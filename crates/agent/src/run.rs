@@ -714,12 +714,35 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
     if let Some(lb) = lb.as_mut() {
         lb.stop_reconciler().await;
     }
+    let was_master = status_rx
+        .borrow()
+        .iter()
+        .any(|s| s.state == cplb_vrrp::fsm::State::Master);
     vrrp_cancel.cancel();
     if !vrrp.is_finished() {
         match vrrp.await {
             Ok(Ok(())) => info!(component = "vrrp", "VRRP stopped: VIPs released"),
             Ok(Err(e)) => warn!(component = "vrrp", error = %e, "VRRP driver error"),
             Err(e) => warn!(component = "vrrp", error = %e, "VRRP task failed"),
+        }
+    }
+    if was_master && lb.is_some() {
+        // Clients keep sending to this node until the new Master's
+        // gratuitous ARP/NA reaches them (Skew_Time after our priority-0
+        // advert, RFC 3768 §6.4.2). The REDIRECT rule still catches
+        // VIP:apiPort here without the VIP on the interface, so keep the
+        // proxy accepting until then, as k0s's proxy (which outlives
+        // keepalived) does.
+        let grace = handoff_grace(&config);
+        info!(
+            component = "agent",
+            ?grace,
+            "VIP released; the proxy keeps serving while another controller takes over"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {}
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
         }
     }
     let mut leftovers = Vec::new();
@@ -734,6 +757,19 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
     }
     info!(component = "agent", "stopped cleanly");
     Ok(())
+}
+
+/// How long a released Master keeps its proxy open: the longest advert
+/// interval (a bound on Skew_Time) plus time for the new Master's
+/// announcements to reach the clients.
+fn handoff_grace(config: &Config) -> Duration {
+    let interval = config
+        .vrrp_instances
+        .iter()
+        .map(|i| u64::from(i.advert_interval_seconds))
+        .max()
+        .unwrap_or(1);
+    Duration::from_secs(interval) + Duration::from_millis(500)
 }
 
 #[allow(clippy::too_many_arguments)]
