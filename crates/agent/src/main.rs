@@ -294,6 +294,7 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
 async fn supervise_worker(file: &Path, log: &LogArgs, config: &Config) -> anyhow::Result<()> {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
+    use std::os::unix::process::ExitStatusExt;
     use tokio::signal::unix::{SignalKind, signal};
 
     let exe = std::env::current_exe().context("cannot find our own executable")?;
@@ -338,6 +339,14 @@ async fn supervise_worker(file: &Path, log: &LogArgs, config: &Config) -> anyhow
             info!(component = "agent", "stopping the worker");
             forward(signal);
             let status = child.wait().await.context("cannot wait for the agent")?;
+            if status.signal() == Some(signal as i32) {
+                // Killed by the signal itself: it arrived before the worker
+                // had installed its handlers (it had just been restarted),
+                // so it did not clean up after itself.
+                warn!(component = "agent", %status, "worker stopped before it could handle the signal; releasing");
+                run::release(config).await?;
+                return Ok(());
+            }
             anyhow::ensure!(status.success(), "worker stopped with {status}");
             return Ok(());
         }
