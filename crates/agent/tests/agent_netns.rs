@@ -172,39 +172,109 @@ fn dump_log(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
 
+/// One controller alone on a LAN, its configuration written, a notify
+/// socket bound: the setup of the single-node tests.
+struct Solo {
+    lab: Lab,
+    c1: Host,
+    scratch: Scratch,
+    config: PathBuf,
+    log: PathBuf,
+    notify: NotifySocket,
+}
+
+impl Solo {
+    fn new(name: &str, keepalived: &str, cplb: &str) -> Solo {
+        let mut lab = Lab::new().unwrap();
+        let c1 = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
+        let scratch = Scratch::new(name);
+        let config = scratch.path("c1.yaml");
+        // No kubeconfig (k0s writes it after starting us): the proxy runs
+        // on its bootstrap backend meanwhile.
+        write_config_with(&config, &scratch.path("missing.conf"), keepalived, cplb);
+        let notify = NotifySocket::bind(scratch.path("notify.sock"));
+        let log = scratch.path("c1.log");
+        Solo {
+            lab,
+            c1,
+            scratch,
+            config,
+            log,
+            notify,
+        }
+    }
+
+    /// Starts the agent and waits for READY=1.
+    fn start_ready(&self) -> ChildId {
+        let agent = start_agent(
+            &self.lab,
+            &self.c1,
+            &self.config,
+            &self.log,
+            Some(&self.notify.path),
+        );
+        assert!(
+            self.notify.wait_for("READY=1", Duration::from_secs(30)),
+            "no READY=1: {}",
+            dump_log(&self.log)
+        );
+        agent
+    }
+
+    /// SIGTERM, and a clean exit.
+    fn stop(&self, agent: ChildId) {
+        self.lab.signal(agent, Signal::SIGTERM).unwrap();
+        let out = self.lab.wait_child(agent, Duration::from_secs(30)).unwrap();
+        assert!(
+            out.status.success(),
+            "exit {:?}: {}",
+            out.status,
+            dump_log(&self.log)
+        );
+    }
+
+    fn wait_for_vip(&self) {
+        wait_until("c1 to take the VIP", Duration::from_secs(20), || {
+            holds_vip(&self.lab, &self.c1)
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", dump_log(&self.log)));
+    }
+
+    fn proxy_listening(&self) -> bool {
+        let out = self
+            .lab
+            .exec_in(&self.c1.netns, "ss", ["-Htln", "sport = :6444"])
+            .unwrap();
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    }
+
+    /// `cplb run` that must refuse to start: its exit code and stderr.
+    fn refused(&self, config: &Path) -> (Option<i32>, String) {
+        let out = self
+            .lab
+            .command_in(&self.c1.netns, CPLB)
+            .args(["run", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
 #[test]
 fn ready_only_once_rules_exist_and_sigterm_leaves_nothing_behind() {
-    let mut lab = Lab::new().unwrap();
-    let c1 = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
-    let scratch = Scratch::new("ready");
-    let config = scratch.path("c1.yaml");
-    // No kubeconfig yet (k0s writes it after starting us): the proxy runs
-    // on its bootstrap backend meanwhile.
-    write_config(&config, &scratch.path("missing.conf"), "");
-    let notify = NotifySocket::bind(scratch.path("notify.sock"));
-    let log = scratch.path("c1.log");
-
-    let agent = start_agent(&lab, &c1, &config, &log, Some(&notify.path));
-    assert!(
-        notify.wait_for("READY=1", Duration::from_secs(30)),
-        "no READY=1: {}",
-        dump_log(&log)
-    );
+    let solo = Solo::new("ready", "", "");
+    let (lab, c1) = (&solo.lab, &solo.c1);
+    let agent = solo.start_ready();
     // READY=1 promises the rules and the listener are in place.
-    assert_eq!(redirect_rules(&lab, &c1.netns), expected_rules());
-    let listening = lab
-        .exec_in(&c1.netns, "ss", ["-Htln", "sport = :6444"])
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&listening.stdout).trim().is_empty(),
-        "proxy not listening at READY"
-    );
+    assert_eq!(redirect_rules(lab, &c1.netns), expected_rules());
+    assert!(solo.proxy_listening(), "proxy not listening at READY");
 
     // Alone on the LAN, it becomes Master after Master_Down_Interval.
-    wait_until("c1 to take the VIP", Duration::from_secs(20), || {
-        holds_vip(&lab, &c1)
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", dump_log(&log)));
+    solo.wait_for_vip();
 
     // What `cplb status` and the admin endpoint say about it.
     wait_until("status to show Master", Duration::from_secs(10), || {
@@ -227,17 +297,10 @@ fn ready_only_once_rules_exist_and_sigterm_leaves_nothing_behind() {
         "{metrics}"
     );
 
-    lab.signal(agent, Signal::SIGTERM).unwrap();
-    assert!(notify.wait_for("STOPPING=1", Duration::from_secs(10)));
-    let out = lab.wait_child(agent, Duration::from_secs(30)).unwrap();
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status,
-        dump_log(&log)
-    );
-    assert!(!holds_vip(&lab, &c1), "VIP left after SIGTERM");
-    assert_eq!(redirect_rules(&lab, &c1.netns), Vec::<String>::new());
+    solo.stop(agent);
+    assert!(solo.notify.wait_for("STOPPING=1", Duration::from_secs(1)));
+    assert!(!holds_vip(lab, c1), "VIP left after SIGTERM");
+    assert_eq!(redirect_rules(lab, &c1.netns), Vec::<String>::new());
 }
 
 #[test]
@@ -470,94 +533,50 @@ fn supervisor_hands_the_vip_over_at_once_when_the_worker_is_killed() {
 
 #[test]
 fn disable_load_balancer_runs_vrrp_only() {
-    let mut lab = Lab::new().unwrap();
-    let c1 = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
-    let scratch = Scratch::new("vrrponly");
-    let config = scratch.path("c1.yaml");
-    let keepalived = "        disableLoadBalancer: true\n";
-    write_config_with(&config, &scratch.path("missing.conf"), keepalived, "");
-    let notify = NotifySocket::bind(scratch.path("notify.sock"));
-    let log = scratch.path("c1.log");
-    let agent = start_agent(&lab, &c1, &config, &log, Some(&notify.path));
-    assert!(
-        notify.wait_for("READY=1", Duration::from_secs(30)),
-        "{}",
-        dump_log(&log)
+    let solo = Solo::new("vrrponly", "        disableLoadBalancer: true\n", "");
+    let agent = solo.start_ready();
+    solo.wait_for_vip();
+    assert_eq!(
+        redirect_rules(&solo.lab, &solo.c1.netns),
+        Vec::<String>::new()
     );
-    wait_until("c1 to take the VIP", Duration::from_secs(20), || {
-        holds_vip(&lab, &c1)
-    })
-    .unwrap();
-    assert_eq!(redirect_rules(&lab, &c1.netns), Vec::<String>::new());
-    let listening = lab
-        .exec_in(&c1.netns, "ss", ["-Htln", "sport = :6444"])
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&listening.stdout).trim(), "");
-    lab.signal(agent, Signal::SIGTERM).unwrap();
-    let out = lab.wait_child(agent, Duration::from_secs(30)).unwrap();
-    assert!(out.status.success(), "{}", dump_log(&log));
-    assert!(!holds_vip(&lab, &c1));
+    assert!(!solo.proxy_listening());
+    solo.stop(agent);
+    assert!(!holds_vip(&solo.lab, &solo.c1));
 }
 
 #[test]
 fn virtual_servers_are_refused_with_a_clear_error() {
-    let mut lab = Lab::new().unwrap();
-    let c1 = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
-    let scratch = Scratch::new("ipvs");
-    let config = scratch.path("c1.yaml");
     let keepalived = format!("        virtualServers:\n          - ipAddress: {VIP}\n");
-    write_config_with(&config, &scratch.path("missing.conf"), &keepalived, "");
-    let out = lab
-        .command_in(&c1.netns, CPLB)
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let solo = Solo::new("ipvs", &keepalived, "");
+    let (code, stderr) = solo.refused(&solo.config);
     // EX_CONFIG: the unit's RestartPreventExitStatus stops restart loops.
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("virtualServers"), "{stderr}");
-    assert_eq!(redirect_rules(&lab, &c1.netns), Vec::<String>::new());
-    assert!(!holds_vip(&lab, &c1));
+    assert_eq!(
+        redirect_rules(&solo.lab, &solo.c1.netns),
+        Vec::<String>::new()
+    );
+    assert!(!holds_vip(&solo.lab, &solo.c1));
 
     // No VRRP instance at all: k0s skips keepalived; cplb says why it
     // cannot run instead of waiting forever.
-    let empty = scratch.path("empty.yaml");
+    let empty = solo.scratch.path("empty.yaml");
     std::fs::write(
         &empty,
         "spec:\n  network:\n    controlPlaneLoadBalancing:\n      enabled: true\n      type: Keepalived\n      keepalived:\n        vrrpInstances: []\n",
     )
     .unwrap();
-    let out = lab
-        .command_in(&c1.netns, CPLB)
-        .args(["run", "--config"])
-        .arg(&empty)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let (code, stderr) = solo.refused(&empty);
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("vrrpInstances"), "{stderr}");
 }
 
 #[test]
 fn nftables_backend_installs_its_table_and_deletes_it_on_stop() {
-    let mut lab = Lab::new().unwrap();
-    let c1 = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
-    let scratch = Scratch::new("nft");
-    let config = scratch.path("c1.yaml");
-    write_config(
-        &config,
-        &scratch.path("missing.conf"),
-        "  netfilter: nftables\n",
-    );
-    let notify = NotifySocket::bind(scratch.path("notify.sock"));
-    let log = scratch.path("c1.log");
-    let agent = start_agent(&lab, &c1, &config, &log, Some(&notify.path));
-    assert!(
-        notify.wait_for("READY=1", Duration::from_secs(30)),
-        "{}",
-        dump_log(&log)
-    );
+    let solo = Solo::new("nft", "", "  netfilter: nftables\n");
+    let (lab, c1) = (&solo.lab, &solo.c1);
+    let agent = solo.start_ready();
     let table = lab
         .exec_in(&c1.netns, "nft", ["list", "table", "ip", "cplb"])
         .unwrap();
@@ -566,10 +585,8 @@ fn nftables_backend_installs_its_table_and_deletes_it_on_stop() {
         table.contains(&format!("ip daddr {VIP} tcp dport 6443 redirect to :6444")),
         "{table}"
     );
-    assert_eq!(redirect_rules(&lab, &c1.netns), Vec::<String>::new());
-    lab.signal(agent, Signal::SIGTERM).unwrap();
-    let out = lab.wait_child(agent, Duration::from_secs(30)).unwrap();
-    assert!(out.status.success(), "{}", dump_log(&log));
+    assert_eq!(redirect_rules(lab, &c1.netns), Vec::<String>::new());
+    solo.stop(agent);
     let tables = lab.exec_in(&c1.netns, "nft", ["list", "tables"]).unwrap();
     assert!(
         !String::from_utf8_lossy(&tables.stdout).contains("cplb"),
