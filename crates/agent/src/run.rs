@@ -700,7 +700,6 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
             &policy,
             &health_reason,
             lb.as_ref(),
-            false,
         );
         options.report.send_replace(report);
     }
@@ -782,7 +781,6 @@ fn build_report(
     policy: &HealthPolicy,
     health_reason: &str,
     lb: Option<&LoadBalancer>,
-    stopping: bool,
 ) -> StatusReport {
     let instances = status
         .iter()
@@ -830,8 +828,9 @@ fn build_report(
     StatusReport {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_seconds: started.elapsed().as_secs_f64(),
-        ready: !stopping,
-        stopping,
+        // Built only while running; the stop path marks the report itself.
+        ready: true,
+        stopping: false,
         instances,
         health,
         proxy,

@@ -36,6 +36,19 @@ fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A connection to `vip:6443` lands on `proxy` (listening on :6444), with
+/// its bytes.
+fn assert_redirected_to_proxy(vip: IpAddr, proxy: &TcpListener) {
+    let mut client =
+        TcpStream::connect_timeout(&(vip, 6443).into(), Duration::from_secs(2)).unwrap();
+    client.write_all(b"ping").unwrap();
+    let (mut accepted, _) = proxy.accept().unwrap();
+    let mut buf = [0u8; 4];
+    accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    assert_eq!(accepted.local_addr().unwrap().port(), 6444);
+}
+
 fn saved_nat(mode: IptablesMode, v6: bool) -> Vec<String> {
     let family = if v6 { "ip6tables" } else { "iptables" };
     let flavour = match mode {
@@ -161,14 +174,7 @@ fn the_output_rule_sends_local_connections_to_the_proxy_port() {
 
         let iptables = Iptables::new(detect_mode(), true);
         iptables.ensure(&[rule("192.0.2.100")]).unwrap();
-        let mut client =
-            TcpStream::connect_timeout(&(vip, 6443).into(), Duration::from_secs(2)).unwrap();
-        client.write_all(b"ping").unwrap();
-        let (mut accepted, _) = proxy.accept().unwrap();
-        let mut buf = [0u8; 4];
-        accepted.read_exact(&mut buf).unwrap();
-        assert_eq!(&buf, b"ping");
-        assert_eq!(accepted.local_addr().unwrap().port(), 6444);
+        assert_redirected_to_proxy(vip, &proxy);
 
         assert!(iptables.remove(&[rule("192.0.2.100")]).is_empty());
         assert!(TcpStream::connect_timeout(&(vip, 6443).into(), Duration::from_secs(2)).is_err());
@@ -349,14 +355,7 @@ fn nftables_output_rule_sends_local_connections_to_the_proxy_port() {
         rules.ensure(&redirects).unwrap();
         assert!(rules.all_present(&redirects).unwrap());
         for vip in vips {
-            let mut client =
-                TcpStream::connect_timeout(&(vip, 6443).into(), Duration::from_secs(2)).unwrap();
-            client.write_all(b"ping").unwrap();
-            let (mut accepted, _) = proxy.accept().unwrap();
-            let mut buf = [0u8; 4];
-            accepted.read_exact(&mut buf).unwrap();
-            assert_eq!(&buf, b"ping");
-            assert_eq!(accepted.local_addr().unwrap().port(), 6444);
+            assert_redirected_to_proxy(vip, &proxy);
         }
 
         assert!(rules.remove(&redirects).is_empty());

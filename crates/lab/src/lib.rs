@@ -674,29 +674,7 @@ impl ControlPlane {
     pub fn start_legacy(&mut self, i: usize) -> Result<(), Error> {
         cplb_e2e::require_tool("haproxy", "haproxy")?;
         let c = self.controller(i)?.clone();
-        let vip = self.vip.to_string();
-        let port = API_PORT.to_string();
-        let to_port = PROXY_PORT.to_string();
-        self.lab.exec_in(
-            &c.netns,
-            self.family.iptables(),
-            [
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-p",
-                "tcp",
-                "-d",
-                &vip,
-                "--dport",
-                &port,
-                "-j",
-                "REDIRECT",
-                "--to-port",
-                &to_port,
-            ],
-        )?;
+        self.k0s_redirect(&c.netns, "-A")?;
         let mut servers = String::new();
         for other in &self.controllers {
             servers.push_str(&format!(
@@ -741,29 +719,19 @@ impl ControlPlane {
         Ok(self.lab.signal(legacy.keepalived.child, signal)?)
     }
 
-    /// Stops controller `i`'s keepalived (SIGTERM: it hands the VIP over)
-    /// and haproxy and deletes the REDIRECT rule, as turning k0s's CPLB off
-    /// does.
-    pub fn stop_legacy(&mut self, i: usize, timeout: Duration) -> Result<(), Error> {
-        let legacy = self
-            .legacy
-            .get_mut(i)
-            .and_then(Option::take)
-            .ok_or_else(|| Error::Invalid(format!("controller {i} runs no keepalived")))?;
-        self.lab.signal(legacy.keepalived.child, Signal::SIGTERM)?;
-        self.lab.wait_child(legacy.keepalived.child, timeout)?;
-        self.lab.kill(legacy.haproxy)?;
-        let c = self.controller(i)?;
+    /// Appends (`-A`) or deletes (`-D`) k0s's REDIRECT rule in `netns`,
+    /// spelt as k0s runs it (no `-C` first).
+    fn k0s_redirect(&self, netns: &str, op: &str) -> Result<(), Error> {
         let vip = self.vip.to_string();
         let port = API_PORT.to_string();
         let to_port = PROXY_PORT.to_string();
         self.lab.exec_in(
-            &c.netns,
+            netns,
             self.family.iptables(),
             [
                 "-t",
                 "nat",
-                "-D",
+                op,
                 "PREROUTING",
                 "-p",
                 "tcp",
@@ -777,6 +745,23 @@ impl ControlPlane {
                 &to_port,
             ],
         )?;
+        Ok(())
+    }
+
+    /// Stops controller `i`'s keepalived (SIGTERM: it hands the VIP over)
+    /// and haproxy and deletes the REDIRECT rule, as turning k0s's CPLB off
+    /// does.
+    pub fn stop_legacy(&mut self, i: usize, timeout: Duration) -> Result<(), Error> {
+        let legacy = self
+            .legacy
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| Error::Invalid(format!("controller {i} runs no keepalived")))?;
+        self.lab.signal(legacy.keepalived.child, Signal::SIGTERM)?;
+        self.lab.wait_child(legacy.keepalived.child, timeout)?;
+        self.lab.kill(legacy.haproxy)?;
+        let c = self.controller(i)?;
+        self.k0s_redirect(&c.netns, "-D")?;
         Ok(())
     }
 
