@@ -192,15 +192,22 @@ fn proxy(opts: &Opts, routes: &[String]) -> Res<()> {
         )
         .with_writer(io::stderr)
         .init();
-    // The agent's runtime: multi-threaded, one worker per CPU it may use
-    // (one under taskset). `--runtime current` measures a single-threaded one.
+    // As the agent runs it: each proxy on a thread of its own with a
+    // single-threaded runtime (`ProxyThread`). `--runtime multi` runs them
+    // on one multi-threaded runtime, one worker per usable CPU, instead.
+    let multi = match opts.get("runtime").map(String::as_str) {
+        None | Some("thread") => false,
+        Some("multi") => true,
+        Some(other) => return Err(format!("bad --runtime {other}").into()),
+    };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let rt = match opts.get("runtime").map(String::as_str) {
-        Some("current") => current_thread()?,
-        _ => tokio::runtime::Builder::new_multi_thread()
+    let rt = if multi {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .enable_all()
-            .build()?,
+            .build()?
+    } else {
+        current_thread()?
     };
     rt.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -211,8 +218,13 @@ fn proxy(opts: &Opts, routes: &[String]) -> Res<()> {
             config.listen = listen.parse()?;
             config.data_path = data_path;
             config.max_connections = 20_000;
-            let p = cplb_proxy::Proxy::bind(config).await?;
-            tasks.push(tokio::spawn(p.run(shutdown.clone())));
+            if multi {
+                let p = cplb_proxy::Proxy::bind(config).await?;
+                tasks.push(tokio::spawn(p.run(shutdown.clone())));
+            } else {
+                let p = cplb_proxy::ProxyThread::spawn(config, shutdown.clone()).await?;
+                tasks.push(tokio::spawn(p.join()));
+            }
         }
         tokio::signal::ctrl_c().await?;
         shutdown.cancel();
@@ -527,7 +539,7 @@ fn client(exe: &Path, cpu: &str, args: &[String], timeout: Duration) -> Res<Valu
 enum Target {
     Direct,
     Haproxy,
-    HaproxySplice,
+    HaproxyTuned,
     CplbSplice,
     CplbCopy,
 }
@@ -536,7 +548,7 @@ impl Target {
     const ALL: [Target; 5] = [
         Target::Direct,
         Target::Haproxy,
-        Target::HaproxySplice,
+        Target::HaproxyTuned,
         Target::CplbSplice,
         Target::CplbCopy,
     ];
@@ -545,7 +557,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Haproxy => "HAProxy",
-            Target::HaproxySplice => "HAProxy+splice",
+            Target::HaproxyTuned => "HAProxy tuned",
             Target::CplbSplice => "cplb (splice)",
             Target::CplbCopy => "cplb (copy)",
         }
@@ -558,18 +570,23 @@ struct Ports {
     echo: u16,
 }
 
-fn haproxy_config(ports: &Ports, front: &Ports, splice: bool) -> String {
+/// `tuned`: splice both ways, and `tcp-smart-connect` (the ACK of the
+/// server's SYN-ACK rides on the first request bytes, as cplb does).
+fn haproxy_config(ports: &Ports, front: &Ports, tuned: bool) -> String {
     // Each proxied connection needs two files and splice pipes two more per
     // maxpipes (maxconn/4 by default): stay under the 20,000-file limit.
-    let maxconn = if splice { 4000 } else { 9500 };
+    let maxconn = if tuned { 4000 } else { 9500 };
     let mut c = String::new();
     let _ = writeln!(c, "global\n  maxconn {maxconn}\n  nbthread 1\n");
     let _ = writeln!(
         c,
         "defaults\n  mode tcp\n  maxconn {maxconn}\n  timeout connect 3s\n  timeout client 1h\n  timeout server 1h"
     );
-    if splice {
-        let _ = writeln!(c, "  option splice-request\n  option splice-response");
+    if tuned {
+        let _ = writeln!(
+            c,
+            "  option splice-request\n  option splice-response\n  option tcp-smart-connect"
+        );
     }
     let mut section = |name: &str, listen: u16, servers: &[u16]| {
         let _ = writeln!(
@@ -681,11 +698,11 @@ fn suite(opts: &Opts) -> Res<()> {
             ));
             let server: Option<Proc> = match target {
                 Target::Direct => None,
-                Target::Haproxy | Target::HaproxySplice => {
+                Target::Haproxy | Target::HaproxyTuned => {
                     let cfg = out_dir.join("haproxy.cfg");
                     std::fs::write(
                         &cfg,
-                        haproxy_config(&ports, &front, target == Target::HaproxySplice),
+                        haproxy_config(&ports, &front, target == Target::HaproxyTuned),
                     )?;
                     let args = ["-db".into(), "-f".into(), cfg.display().to_string()];
                     Some(Proc::spawn(
@@ -818,9 +835,9 @@ fn run_target(
 ) -> Res<Vec<(&'static str, Option<f64>)>> {
     let mut out = Vec::new();
     let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
-    // The splice/copy choice only matters for bulk (cplb splices bulk
-    // streams only): these variants skip the other tests.
-    if !matches!(target, Target::HaproxySplice | Target::CplbCopy) {
+    // cplb's splice/copy choice only matters for bulk (it splices bulk
+    // streams only): the copy variant skips the other tests.
+    if target != Target::CplbCopy {
         let s = client(
             exe,
             cpu,
@@ -970,10 +987,10 @@ fn render(
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| metric (median of {runs} runs) | {} | cplb/HAProxy |",
+        "| metric (median of {runs} runs) | {} | cplb/HAProxy | cplb/HAProxy tuned |",
         labels.join(" | ")
     );
-    let _ = writeln!(s, "|---|{}---|", "---|".repeat(labels.len()));
+    let _ = writeln!(s, "|---|{}---|---|", "---|".repeat(labels.len()));
     for (key, name, decimals) in &rows {
         let med = |label: &str| {
             results
@@ -985,25 +1002,28 @@ fn render(
             .iter()
             .map(|l| med(l).map_or("–".into(), |m| format!("{m:.*}", *decimals as usize)))
             .collect();
-        // Compare with HAProxy+splice for bulk metrics, HAProxy otherwise.
-        let reference = if matches!(*key, "bulk" | "cpu_gib") {
-            "HAProxy+splice"
-        } else {
-            "HAProxy"
+        let ratio = |reference: &str| {
+            med("cplb (splice)")
+                .zip(med(reference))
+                .filter(|(_, r)| *r != 0.0)
+                .map_or("–".into(), |(a, r)| format!("{:.2}", a / r))
         };
-        let ratio = med("cplb (splice)")
-            .zip(med(reference))
-            .filter(|(_, r)| *r != 0.0)
-            .map_or("–".into(), |(a, r)| format!("{:.2}", a / r));
-        let _ = writeln!(s, "| {name} | {} | {ratio} |", cells.join(" | "));
+        let (ratio, ratio_tuned) = (ratio("HAProxy"), ratio("HAProxy tuned"));
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {ratio} | {ratio_tuned} |",
+            cells.join(" | ")
+        );
     }
     let _ = writeln!(
         s,
         "\nShort connections: {concurrency} concurrent clients, {short_secs} s per run after 1 s warm-up, \
          connect+request+response+close timed by our client (wrk, which times request to response \
          only, as a cross-check). Idle: up to {idle_max} connections that each exchanged a few bytes, \
-         RSS fitted linearly over 6 steps. Ratios compare cplb (splice) with HAProxy \
-         (bulk rows: HAProxy+splice). Client on one core, proxy and backends on the other."
+         RSS fitted linearly over 6 steps. Ratios compare cplb (splice) with HAProxy as \
+         packaged (`mode tcp`, `balance roundrobin`) and with HAProxy tuned (plus \
+         `option splice-request`, `option splice-response`, `option tcp-smart-connect`). \
+         Client on one core, proxy and backends on the other."
     );
     s
 }

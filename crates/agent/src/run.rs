@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cplb_proxy::{BackendStats, BackendsHandle, Proxy, ProxyConfig};
+use cplb_proxy::{BackendStats, BackendsHandle, ProxyConfig, ProxyThread};
 use cplb_reconciler::{HealthSnapshot, Reconciler, ReconcilerConfig};
 use cplb_vrrp::fsm::Config as RouterConfig;
 use cplb_vrrp::io::driver::{self, Control, InstanceConfig, InstanceStatus, VipLease};
@@ -269,7 +269,9 @@ impl LoadBalancer {
             ..ReconcilerConfig::default()
         };
 
-        let proxy = Proxy::bind(proxy_config).await?;
+        // On a thread of its own, so proxy load never delays VRRP adverts.
+        let proxy_cancel = CancellationToken::new();
+        let proxy = ProxyThread::spawn(proxy_config, proxy_cancel.clone()).await?;
         let proxy_listen = proxy.local_addr();
         let backends = proxy.backends_handle();
         info!(component = "proxy", listen = %proxy_listen, "proxy listening");
@@ -282,8 +284,7 @@ impl LoadBalancer {
             Arc::clone(&watch_errors),
             reconciler_cancel.clone(),
         ));
-        let proxy_cancel = CancellationToken::new();
-        let proxy_task = tokio::spawn(proxy.run(proxy_cancel.clone()));
+        let proxy_task = tokio::spawn(proxy.join());
 
         let rules = Rules::new(config.cplb.netfilter, config.cplb.output_rule);
         let redirects = redirects(config);

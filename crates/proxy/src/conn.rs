@@ -21,21 +21,32 @@ pub(crate) fn keepalive_params(idle: Duration) -> TcpKeepalive {
     TcpKeepalive::new().with_time(idle)
 }
 
-async fn connect_one(addr: SocketAddr, keepalive: Duration) -> std::io::Result<TcpStream> {
+async fn connect_one(
+    addr: SocketAddr,
+    keepalive: Duration,
+    smart_connect: bool,
+) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_nodelay(true)?;
-    SockRef::from(&socket).set_tcp_keepalive(&keepalive_params(keepalive))?;
+    let sock = SockRef::from(&socket);
+    sock.set_tcp_keepalive(&keepalive_params(keepalive))?;
+    if smart_connect {
+        // A socket in delayed-ACK ("pingpong") mode does not ACK the
+        // SYN-ACK at once but arms the delayed-ACK timer, and our first
+        // data segment carries the ACK (tcp_rcv_synsent_state_process).
+        sock.set_tcp_quickack(false)?;
+    }
     socket.connect(addr).await
 }
 
 async fn connect(shared: &Shared, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
     let timeout = shared.config.connect_timeout;
     for addr in shared.candidates() {
-        let attempt = connect_one(addr, shared.config.keepalive);
+        let attempt = connect_one(addr, shared.config.keepalive, shared.config.smart_connect);
         let reason = match shared.connect_clock.timeout(timeout, attempt).await {
             Ok(stream) => {
                 shared.connect_succeeded(addr);

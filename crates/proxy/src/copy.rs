@@ -12,12 +12,13 @@
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::net::Shutdown;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use nix::fcntl::{OFlag, SpliceFFlags, splice};
+use nix::sys::socket::{MsgFlags, send};
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -133,6 +134,9 @@ struct Half {
     /// Small messages (requests, watch events) stay on read/write, which
     /// costs fewer syscalls than two splices.
     bulk: bool,
+    /// The source's end-of-file was read with the data still pending:
+    /// shut the destination once it is flushed.
+    eof_pending: bool,
     pending: Pending,
 }
 
@@ -154,15 +158,16 @@ impl Half {
         }
         Poll::Ready(if matches!(self.pending, Pending::Empty) {
             ready!(src.poll_read_ready(cx))?;
-            self.forward(src, dst, other_done, count, path)
+            self.forward(cx, src, dst, other_done, count, path)
         } else {
             ready!(dst.poll_write_ready(cx))?;
-            self.flush(dst, count)
+            self.flush(dst, other_done, count)
         })
     }
 
     fn forward(
         &mut self,
+        cx: &mut Context<'_>,
         src: &TcpStream,
         dst: &TcpStream,
         other_done: bool,
@@ -175,7 +180,7 @@ impl Half {
         {
             return self.forward_splice(pipe, src, dst, other_done, count);
         }
-        self.forward_copy(src, dst, other_done, path == DataPath::Splice, count)
+        self.forward_copy(cx, src, dst, other_done, path == DataPath::Splice, count)
     }
 
     fn finish(&mut self, dst: &TcpStream, other_done: bool) -> io::Result<()> {
@@ -192,6 +197,7 @@ impl Half {
 
     fn forward_copy(
         &mut self,
+        cx: &mut Context<'_>,
         src: &TcpStream,
         dst: &TcpStream,
         other_done: bool,
@@ -201,19 +207,41 @@ impl Half {
         COPY_BUF.with_borrow_mut(|buf| {
             for _ in 0..MAX_ROUNDS {
                 let full = buf.len();
-                let (read, drained) =
+                let (mut read, mut drained) =
                     match read_chunk(src, Some(full), || (&*SockRef::from(src)).read(buf))? {
                         Chunk::Eof => return self.finish(dst, other_done),
                         Chunk::Empty => return Ok(()),
                         Chunk::Data { len, drained } => (len, drained),
                     };
+                // A drained socket still readable has seen the peer's FIN
+                // (tokio keeps read-closed readiness when it clears the
+                // rest). Reading it now lets the data and our FIN leave in
+                // one segment: a short response followed by close is the
+                // common case of an apiserver request.
+                let mut eof = false;
+                if drained && src.poll_read_ready(cx).is_ready() {
+                    let rest = buf.get_mut(read..).unwrap_or_default();
+                    let more = rest.len();
+                    match read_chunk(src, Some(more), || (&*SockRef::from(src)).read(rest))? {
+                        Chunk::Eof => eof = true,
+                        Chunk::Empty => {}
+                        Chunk::Data { len, drained: now } => {
+                            read += len;
+                            drained = now;
+                        }
+                    }
+                }
                 let chunk = buf.get(..read).unwrap_or_default();
-                let written = write_some(dst, chunk)?;
+                let written = write_some(dst, chunk, eof)?;
                 count(written);
                 if written < chunk.len() {
                     let data = chunk.get(written..).unwrap_or_default().to_vec();
                     self.pending = Pending::Buf(Box::new(BufTail { data, offset: 0 }));
+                    self.eof_pending = eof;
                     return Ok(());
+                }
+                if eof {
+                    return self.finish(dst, other_done);
                 }
                 if drained {
                     return Ok(());
@@ -264,16 +292,18 @@ impl Half {
         Ok(())
     }
 
-    fn flush(&mut self, dst: &TcpStream, count: &Count<'_>) -> io::Result<()> {
+    fn flush(&mut self, dst: &TcpStream, other_done: bool, count: &Count<'_>) -> io::Result<()> {
         match std::mem::take(&mut self.pending) {
             Pending::Empty => {}
             Pending::Buf(mut tail) => {
                 let rest = tail.data.get(tail.offset..).unwrap_or_default();
-                let written = write_some(dst, rest)?;
+                let written = write_some(dst, rest, false)?;
                 count(written);
                 if written < rest.len() {
                     tail.offset += written;
                     self.pending = Pending::Buf(tail);
+                } else if std::mem::take(&mut self.eof_pending) {
+                    return self.finish(dst, other_done);
                 }
             }
             Pending::Pipe(mut tail) => {
@@ -338,10 +368,23 @@ fn read_chunk(
 }
 
 /// Writes as much of `data` as `dst` accepts now; returns the count.
-fn write_some(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
+/// `fin_follows`: the caller shuts the write side right after a complete
+/// write, so the data is sent with `MSG_MORE` and the kernel puts the FIN
+/// on the same segment (`tcp_send_fin` appends it to an unsent tail)
+/// instead of sending two.
+fn write_some(dst: &TcpStream, data: &[u8], fin_follows: bool) -> io::Result<usize> {
+    let flags = if fin_follows {
+        // nix has no MSG_MORE constant.
+        MsgFlags::from_bits_retain(libc::MSG_MORE) | MsgFlags::MSG_NOSIGNAL
+    } else {
+        MsgFlags::MSG_NOSIGNAL
+    };
     let mut written = 0;
     while let Some(rest) = data.get(written..).filter(|r| !r.is_empty()) {
-        match dst.try_write(rest) {
+        let sent = dst.try_io(Interest::WRITABLE, || {
+            send(dst.as_raw_fd(), rest, flags).map_err(io::Error::from)
+        });
+        match sent {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if would_block(&e) => break,

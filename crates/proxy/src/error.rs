@@ -21,4 +21,7 @@ pub enum ProxyError {
     /// `bind` was called outside a tokio runtime.
     #[error("proxy must be bound inside a tokio runtime")]
     NoRuntime,
+    /// The proxy's own thread or its runtime could not be started.
+    #[error("failed to start the proxy thread")]
+    Thread(#[source] io::Error),
 }

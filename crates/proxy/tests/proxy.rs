@@ -97,6 +97,9 @@ fn config(backends: Vec<SocketAddr>) -> ProxyConfig {
     // Long windows so that a slow machine cannot expire them mid-test.
     config.passive_health_window = Duration::from_secs(300);
     config.drain_timeout = Duration::from_secs(300);
+    // The echo backend speaks first (its greeting), which smart connect
+    // would delay by the kernel's delayed-ACK timer; it has its own tests.
+    config.smart_connect = false;
     config
 }
 
@@ -598,4 +601,113 @@ async fn wildcard_listener_is_dual_stack() {
         let mut stream = TcpStream::connect(&client).await.unwrap();
         assert_eq!(read_greeting(&mut stream).await, 8, "via {client}");
     }
+}
+
+/// Smart connect (the default) delays the ACK completing the backend
+/// handshake until the client's first bytes: a client-first exchange goes
+/// through unchanged, and a server that speaks first is still reached,
+/// once the kernel's delayed-ACK timer has fired.
+#[tokio::test]
+async fn smart_connect_serves_both_protocol_orders() {
+    init_tracing();
+    let backend = EchoBackend::start(3).await;
+    let mut cfg = config(vec![backend.addr]);
+    cfg.smart_connect = true;
+    let proxy = start(cfg).await;
+    // Client first: the echo exchange writes at once.
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(exchange(stream, payload(5, 100_000)).await, 3);
+    // Server first: wait for the greeting without sending anything.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(read_greeting(&mut stream).await, 3);
+}
+
+/// A backend whose response and FIN arrive in one segment (the common end
+/// of an apiserver request; the backend sends with MSG_MORE, then shuts
+/// down): the proxy reads both in one go and passes them on together, and
+/// must still deliver every byte, then end-of-file, to a client with a
+/// small receive window, on both data paths.
+#[tokio::test]
+async fn response_with_fin_reaches_a_slow_client_whole() {
+    init_tracing();
+    let data = payload(21, 48 * 1024);
+    let (len, expected) = (data.len(), fnv1a(FNV_START, &data));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4];
+            s.read_exact(&mut request).await.unwrap();
+            // MSG_MORE holds the data back so shutdown's FIN joins it.
+            let mut sent = 0;
+            while sent < data.len() {
+                s.writable().await.unwrap();
+                let rest = &data[sent..];
+                match s.try_io(tokio::io::Interest::WRITABLE, || {
+                    socket2::SockRef::from(&s).send_with_flags(rest, libc::MSG_MORE)
+                }) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("send: {e}"),
+                }
+            }
+            s.shutdown().await.unwrap();
+        }
+    });
+    for path in [DataPath::Splice, DataPath::Copy] {
+        let mut cfg = config(vec![backend]);
+        cfg.data_path = path;
+        let proxy = start(cfg).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = timeout(DEADLINE, socket.connect(proxy.addr))
+            .await
+            .unwrap()
+            .unwrap();
+        stream.write_all(b"GET\n").await.unwrap();
+        let mut got = Vec::new();
+        timeout(DEADLINE, stream.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), len, "{path:?}");
+        assert_eq!(fnv1a(FNV_START, &got), expected, "{path:?}");
+    }
+    server.await.unwrap();
+}
+
+/// The agent's way to run the proxy: on a thread of its own, steered from
+/// the caller's runtime.
+#[tokio::test]
+async fn proxy_thread_serves_takes_updates_and_drains() {
+    init_tracing();
+    let (one, two) = (EchoBackend::start(1).await, EchoBackend::start(2).await);
+    let shutdown = CancellationToken::new();
+    let proxy = cplb_proxy::ProxyThread::spawn(config(vec![one.addr]), shutdown.clone())
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(exchange(stream, payload(1, 10_000)).await, 1);
+    assert!(proxy.backends_handle().set(vec![two.addr]));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(exchange(stream, payload(2, 10_000)).await, 2);
+    shutdown.cancel();
+    timeout(DEADLINE, proxy.join()).await.unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+#[tokio::test]
+async fn proxy_thread_reports_bind_errors() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = config(vec![taken.local_addr().unwrap()]);
+    cfg.listen = taken.local_addr().unwrap();
+    let err = cplb_proxy::ProxyThread::spawn(cfg, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, cplb_proxy::ProxyError::Bind { .. }),
+        "{err:?}"
+    );
 }
