@@ -3,7 +3,8 @@
 //!
 //! Subcommands (all options are `--key value`):
 //! - `backend --http P1,P2,P3 --bulk P --echo P --bulk-bytes N`
-//! - `proxy --route LISTEN=B1,B2 [--route ...] [--data-path splice|copy]`
+//! - `proxy --route LISTEN=B1,B2 [--route ...] [--data-path splice|copy]
+//!   [--runtime thread|multi] [--smart-connect true|false]`
 //! - `short --targets A,B --concurrency N --warmup S --secs S [--pid PID]`
 //! - `bulk --target A --bytes N [--pid PID]`
 //! - `idle --target A --steps 0,1000,.. --idle-secs S --pid PID`
@@ -200,6 +201,7 @@ fn proxy(opts: &Opts, routes: &[String]) -> Res<()> {
         Some("multi") => true,
         Some(other) => return Err(format!("bad --runtime {other}").into()),
     };
+    let smart_connect: bool = opt(opts, "smart-connect", true)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rt = if multi {
         tokio::runtime::Builder::new_multi_thread()
@@ -218,6 +220,7 @@ fn proxy(opts: &Opts, routes: &[String]) -> Res<()> {
             config.listen = listen.parse()?;
             config.data_path = data_path;
             config.max_connections = 20_000;
+            config.smart_connect = smart_connect;
             if multi {
                 let p = cplb_proxy::Proxy::bind(config).await?;
                 tasks.push(tokio::spawn(p.run(shutdown.clone())));

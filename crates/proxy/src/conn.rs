@@ -1,15 +1,16 @@
 //! One client connection: connect to a backend (with timeout, trying the
 //! next one on failure), then pump bytes until both sides are done.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpSocket, TcpStream};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::copy::{Connection, End};
+use crate::copy::{Connection, End, read_early};
 use crate::shared::Shared;
 use crate::stats::ConnectErrorReason;
 
@@ -21,36 +22,64 @@ pub(crate) fn keepalive_params(idle: Duration) -> TcpKeepalive {
     TcpKeepalive::new().with_time(idle)
 }
 
+/// Connects to `addr`. With `early` bytes from the client (smart connect),
+/// the ACK that completes the handshake is delayed so that it rides on
+/// them, and they are sent at once: on a nearby backend the handshake has
+/// already completed inside connect(2), so that first send both confirms
+/// the connection and carries the ACK, with no wait for a writability
+/// event and no SO_ERROR query. Returns the stream and how many early bytes
+/// went out.
 async fn connect_one(
     addr: SocketAddr,
     keepalive: Duration,
-    smart_connect: bool,
-) -> std::io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_nodelay(true)?;
-    let sock = SockRef::from(&socket);
-    sock.set_tcp_keepalive(&keepalive_params(keepalive))?;
-    if smart_connect {
+    early: Option<&[u8]>,
+) -> io::Result<(TcpStream, usize)> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_tcp_keepalive(&keepalive_params(keepalive))?;
+    if early.is_some() {
         // A socket in delayed-ACK ("pingpong") mode does not ACK the
-        // SYN-ACK at once but arms the delayed-ACK timer, and our first
-        // data segment carries the ACK (tcp_rcv_synsent_state_process).
-        sock.set_tcp_quickack(false)?;
+        // SYN-ACK at once but arms the delayed-ACK timer, so our first data
+        // segment carries the ACK (tcp_rcv_synsent_state_process).
+        socket.set_tcp_quickack(false)?;
     }
-    socket.connect(addr).await
+    match socket.connect(&addr.into()) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
+        _ => {}
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    if let Some(early) = early {
+        // A socket still connecting refuses with EAGAIN; a refused or
+        // unreachable one reports its error here.
+        match SockRef::from(&stream).send_with_flags(early, libc::MSG_NOSIGNAL) {
+            Ok(sent) => return Ok((stream, sent)),
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            Err(_) => {}
+        }
+    }
+    stream.writable().await?;
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok((stream, 0)),
+    }
 }
 
-async fn connect(shared: &Shared, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
+async fn connect(
+    shared: &Shared,
+    peer: SocketAddr,
+    early: Option<&[u8]>,
+) -> Option<(TcpStream, SocketAddr, usize)> {
     let timeout = shared.config.connect_timeout;
     for addr in shared.candidates() {
-        let attempt = connect_one(addr, shared.config.keepalive, shared.config.smart_connect);
+        let attempt = connect_one(addr, shared.config.keepalive, early);
         let reason = match shared.connect_clock.timeout(timeout, attempt).await {
-            Ok(stream) => {
+            Ok((stream, sent)) => {
                 shared.connect_succeeded(addr);
-                return Some((stream, addr));
+                return Some((stream, addr, sent));
             }
             Err(e) => {
                 debug!(component = "proxy", %peer, backend = %addr, error = %e, "failed to connect to backend");
@@ -63,18 +92,76 @@ async fn connect(shared: &Shared, peer: SocketAddr) -> Option<(TcpStream, Socket
     None
 }
 
-pub(crate) async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
-    // Boxed: the connect phase's timer and socket futures are freed once
-    // connected instead of sizing every idle connection's task.
-    let Some((backend, addr)) = Box::pin(connect(&shared, peer)).await else {
+/// A connected backend, with the client's early bytes not yet sent to it.
+struct Started {
+    backend: TcpStream,
+    addr: SocketAddr,
+    early_sent: usize,
+    early_rest: Option<Vec<u8>>,
+}
+
+/// Reads what the client has already sent, then connects to a backend.
+async fn start(shared: &Shared, client: &Socket, peer: SocketAddr) -> Option<Started> {
+    // Smart connect only when the client has already spoken (a TLS
+    // ClientHello, usually): those bytes then go out first and carry the
+    // handshake's ACK. A client still silent may be waiting for a server
+    // that speaks first, which must see the connection at once.
+    let early = if shared.config.smart_connect {
+        match read_early(client) {
+            Ok(early) => early,
+            Err(e) => {
+                debug!(component = "proxy", %peer, error = %e, "client connection failed before connecting to a backend");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    let Some((backend, addr, early_sent)) = connect(shared, peer, early.as_deref()).await else {
         warn!(component = "proxy", %peer, "no backend reachable, closing client connection");
+        return None;
+    };
+    let early_rest = early
+        .filter(|early| early_sent < early.len())
+        .map(|mut early| {
+            early.drain(..early_sent);
+            early
+        });
+    Some(Started {
+        backend,
+        addr,
+        early_sent,
+        early_rest,
+    })
+}
+
+pub(crate) async fn handle(shared: Arc<Shared>, client: Socket, peer: SocketAddr) {
+    // Boxed: the connect phase's timer and socket futures (and the early
+    // bytes) are freed once connected instead of sizing every idle
+    // connection's task.
+    let Some(Started {
+        backend,
+        addr,
+        early_sent,
+        early_rest,
+    }) = Box::pin(start(&shared, &client, peer)).await
+    else {
         return;
+    };
+    let client = match TcpStream::from_std(client.into()) {
+        Ok(client) => client,
+        Err(e) => {
+            warn!(component = "proxy", %peer, error = %e, "cannot register client connection");
+            return;
+        }
     };
     let removal = shared.removal_token(addr);
     let guard = shared.counters(addr).open();
+    guard.counters().add_to_backend(early_sent);
     let connection = Connection::new(
         client,
         backend,
+        early_rest,
         guard,
         removal,
         shared.config.idle_timeout,
@@ -123,6 +210,7 @@ mod tests {
         let connection = Connection::new(
             client,
             accepted,
+            None,
             shared.counters(addr).open(),
             CancellationToken::new(),
             None,
@@ -134,8 +222,8 @@ mod tests {
             size_of_val(&connection)
         );
         drop(connection);
-        let client = TcpStream::connect(addr).await.unwrap();
-        let handle = super::handle(Arc::clone(&shared), client, addr);
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let handle = super::handle(Arc::clone(&shared), client.into(), addr);
         assert!(
             size_of_val(&handle) <= 384,
             "connection task future is {} bytes",

@@ -319,6 +319,19 @@ impl Half {
     }
 }
 
+/// The bytes a just-accepted client has already sent, if any: one `recv`
+/// on the socket before it is registered with the runtime. `None`
+/// when it has sent nothing yet, or only its end-of-file, which the
+/// connection then reads again.
+pub(crate) fn read_early(client: &socket2::Socket) -> io::Result<Option<Vec<u8>>> {
+    COPY_BUF.with_borrow_mut(|buf| match (&*client).read(buf) {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(buf.get(..n).map(<[u8]>::to_vec)),
+        Err(e) if would_block(&e) => Ok(None),
+        Err(e) => Err(e),
+    })
+}
+
 /// Result of one read from a source socket.
 enum Chunk {
     /// Nothing to read now (readiness cleared).
@@ -439,6 +452,7 @@ impl Connection {
     pub(crate) fn new(
         client: TcpStream,
         backend: TcpStream,
+        early: Option<Vec<u8>>,
         guard: ActiveGuard,
         close: CancellationToken,
         idle_limit: Option<Duration>,
@@ -447,7 +461,12 @@ impl Connection {
         Self {
             client,
             backend,
-            up: Half::default(),
+            up: Half {
+                pending: early.map_or(Pending::Empty, |data| {
+                    Pending::Buf(Box::new(BufTail { data, offset: 0 }))
+                }),
+                ..Half::default()
+            },
             down: Half::default(),
             guard,
             closed: Box::pin(close.cancelled_owned()),

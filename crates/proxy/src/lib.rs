@@ -32,7 +32,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ProxyError;
@@ -85,13 +84,13 @@ pub struct ProxyConfig {
     pub backlog: u32,
     /// Copy implementation.
     pub data_path: DataPath,
-    /// Delay the ACK that completes the handshake with a backend until the
-    /// client's first bytes go out, so it rides on them (HAProxy's `option
-    /// tcp-smart-connect`): one packet less, and the backend accepts a
-    /// connection that already holds the request instead of waking up
-    /// twice. Right for protocols where the client speaks first, like the
-    /// apiserver's TLS; a server that speaks first sees the connection only
-    /// when the kernel's delayed-ACK timer (200 ms) fires. On by default.
+    /// When the client has already sent bytes by the time the proxy
+    /// connects to a backend (a TLS ClientHello, usually), delay the ACK
+    /// that completes the backend handshake so that it rides on those bytes
+    /// (HAProxy's `option tcp-smart-connect`): one packet less, and the
+    /// backend accepts a connection that already holds the request instead
+    /// of waking up twice. A client that has sent nothing yet gets a plain
+    /// connect, so servers that speak first are not delayed. On by default.
     pub smart_connect: bool,
 }
 
@@ -135,7 +134,7 @@ pub fn local_apiserver(api_port: u16) -> SocketAddr {
 /// A bound proxy; call [`Proxy::run`] to serve.
 #[derive(Debug)]
 pub struct Proxy {
-    listener: TcpListener,
+    listener: listener::Listener,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
 }

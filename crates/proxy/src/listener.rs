@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +22,7 @@ pub(crate) fn bind(
     addr: SocketAddr,
     backlog: u32,
     keepalive: Duration,
-) -> Result<(TcpListener, SocketAddr), ProxyError> {
+) -> Result<(Listener, SocketAddr), ProxyError> {
     match bind_exact(addr, backlog, keepalive) {
         Err(ProxyError::Bind { source, .. })
             if addr.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
@@ -50,7 +50,7 @@ fn bind_exact(
     addr: SocketAddr,
     backlog: u32,
     keepalive: Duration,
-) -> Result<(TcpListener, SocketAddr), ProxyError> {
+) -> Result<(Listener, SocketAddr), ProxyError> {
     let err = |source| ProxyError::Bind { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
@@ -68,14 +68,54 @@ fn bind_exact(
     socket
         .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
         .map_err(err)?;
-    let listener = TcpListener::from_std(socket.into()).map_err(err)?;
-    let local = listener.local_addr().map_err(err)?;
+    let local = socket
+        .local_addr()
+        .map_err(err)?
+        .as_socket()
+        .ok_or_else(|| err(std::io::ErrorKind::InvalidInput.into()))?;
+    let listener = register(socket).map_err(err)?;
     Ok((listener, local))
+}
+
+/// Registers the listening socket with the runtime, for readability only.
+#[allow(unsafe_code)]
+fn register(socket: Socket) -> std::io::Result<Listener> {
+    // SAFETY: the `Socket` owns its descriptor and moves into the AsyncFd,
+    // so the descriptor stays open, and `as_raw_fd` keeps returning it, for
+    // the AsyncFd's whole life (the contract of `register_with_interest`).
+    unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// The listening socket. Accepted sockets stay plain sockets until the
+/// connection task has read what the client already sent: registering them
+/// with the runtime only then spares a readiness event and a read that
+/// would find nothing.
+pub(crate) type Listener = AsyncFd<Socket>;
+
+/// Accepts one connection: a non-blocking socket and the peer's address.
+async fn accept(listener: &Listener) -> std::io::Result<(Socket, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        let accepted = ready.try_io(|listener| {
+            listener
+                .get_ref()
+                .accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+        });
+        if let Ok(result) = accepted {
+            let (socket, peer) = result?;
+            // Always an IP address on a TCP listener.
+            let peer = peer
+                .as_socket()
+                .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+            return Ok((socket, peer));
+        }
+    }
 }
 
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: Listener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let clock = tokio::spawn({
         let shared = Arc::clone(&shared);
@@ -95,7 +135,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: 
         let accepted = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = accept(&listener) => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -151,10 +191,11 @@ mod tests {
     async fn accepted_sockets_inherit_nodelay_and_keepalive() {
         let idle = Duration::from_secs(42);
         let (listener, addr) = bind("127.0.0.1:0".parse().unwrap(), 16, idle).unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let sock = socket2::SockRef::from(&accepted);
-        assert!(accepted.nodelay().unwrap());
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sock, peer) = accept(&listener).await.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(sock.nonblocking().unwrap());
+        assert!(sock.tcp_nodelay().unwrap());
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), idle);
     }

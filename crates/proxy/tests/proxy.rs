@@ -97,9 +97,6 @@ fn config(backends: Vec<SocketAddr>) -> ProxyConfig {
     // Long windows so that a slow machine cannot expire them mid-test.
     config.passive_health_window = Duration::from_secs(300);
     config.drain_timeout = Duration::from_secs(300);
-    // The echo backend speaks first (its greeting), which smart connect
-    // would delay by the kernel's delayed-ACK timer; it has its own tests.
-    config.smart_connect = false;
     config
 }
 
@@ -603,23 +600,24 @@ async fn wildcard_listener_is_dual_stack() {
     }
 }
 
-/// Smart connect (the default) delays the ACK completing the backend
-/// handshake until the client's first bytes: a client-first exchange goes
-/// through unchanged, and a server that speaks first is still reached,
-/// once the kernel's delayed-ACK timer has fired.
+/// Smart connect (the default) is used only when the client has spoken
+/// before the backend connect: a client-first exchange is served, and so
+/// is a silent client of a server that speaks first, whatever the timing.
 #[tokio::test]
 async fn smart_connect_serves_both_protocol_orders() {
     init_tracing();
     let backend = EchoBackend::start(3).await;
-    let mut cfg = config(vec![backend.addr]);
-    cfg.smart_connect = true;
-    let proxy = start(cfg).await;
-    // Client first: the echo exchange writes at once.
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    assert_eq!(exchange(stream, payload(5, 100_000)).await, 3);
-    // Server first: wait for the greeting without sending anything.
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    assert_eq!(read_greeting(&mut stream).await, 3);
+    for smart_connect in [true, false] {
+        let mut cfg = config(vec![backend.addr]);
+        cfg.smart_connect = smart_connect;
+        let proxy = start(cfg).await;
+        // Client first: the echo exchange writes at once.
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        assert_eq!(exchange(stream, payload(5, 100_000)).await, 3);
+        // Server first: wait for the greeting without sending anything.
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        assert_eq!(read_greeting(&mut stream).await, 3);
+    }
 }
 
 /// A backend whose response and FIN arrive in one segment (the common end
