@@ -169,6 +169,16 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A client with a 4 KiB receive buffer, so the proxy's writes to it stall.
+async fn small_window_client(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    timeout(DEADLINE, socket.connect(addr))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Reads until end-of-file or reset; returns the bytes read.
 async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
@@ -328,12 +338,7 @@ async fn slow_reader_gets_every_byte() {
         let mut cfg = config(vec![backend]);
         cfg.data_path = path;
         let proxy = start(cfg).await;
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = timeout(DEADLINE, socket.connect(proxy.addr))
-            .await
-            .unwrap()
-            .unwrap();
+        let mut stream = small_window_client(proxy.addr).await;
         let mut hash = FNV_START;
         let mut total = 0;
         let mut buf = [0u8; 1000];
@@ -657,12 +662,7 @@ async fn response_with_fin_reaches_a_slow_client_whole() {
         let mut cfg = config(vec![backend]);
         cfg.data_path = path;
         let proxy = start(cfg).await;
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = timeout(DEADLINE, socket.connect(proxy.addr))
-            .await
-            .unwrap()
-            .unwrap();
+        let mut stream = small_window_client(proxy.addr).await;
         stream.write_all(b"GET\n").await.unwrap();
         let mut got = Vec::new();
         timeout(DEADLINE, stream.read_to_end(&mut got))
