@@ -226,7 +226,11 @@ fn proxy(opts: &Opts, routes: &[String]) -> Res<()> {
                 tasks.push(tokio::spawn(p.run(shutdown.clone())));
             } else {
                 let p = cplb_proxy::ProxyThread::spawn(config, shutdown.clone()).await?;
-                tasks.push(tokio::spawn(p.join()));
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = p.join().await {
+                        eprintln!("proxy: {e}");
+                    }
+                }));
             }
         }
         tokio::signal::ctrl_c().await?;

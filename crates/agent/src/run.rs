@@ -230,7 +230,7 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 
 /// The load-balancing half: reconciler, proxy and rules.
 struct LoadBalancer {
-    proxy_task: JoinHandle<()>,
+    proxy_task: JoinHandle<Result<(), cplb_proxy::ProxyError>>,
     proxy_cancel: CancellationToken,
     proxy_listen: SocketAddr,
     backends: BackendsHandle,
@@ -448,8 +448,10 @@ impl LoadBalancer {
     /// Drains the proxy, then removes the rules.
     async fn stop(mut self) -> Vec<String> {
         self.proxy_cancel.cancel();
-        if let Err(e) = (&mut self.proxy_task).await {
-            warn!(component = "proxy", error = %e, "proxy task failed");
+        match (&mut self.proxy_task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(component = "proxy", error = %e, "proxy failed"),
+            Err(e) => warn!(component = "proxy", error = %e, "proxy task failed"),
         }
         info!(component = "proxy", "proxy stopped");
         let errors: Vec<String> = self

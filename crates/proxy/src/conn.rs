@@ -148,6 +148,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, client: Socket, peer: SocketAddr
     else {
         return;
     };
+    let counters = shared.counters(addr);
+    counters.add_to_backend(early_sent);
     let client = match TcpStream::from_std(client.into()) {
         Ok(client) => client,
         Err(e) => {
@@ -156,8 +158,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, client: Socket, peer: SocketAddr
         }
     };
     let removal = shared.removal_token(addr);
-    let guard = shared.counters(addr).open();
-    guard.counters().add_to_backend(early_sent);
+    let guard = counters.open();
     let connection = Connection::new(
         client,
         backend,

@@ -117,6 +117,21 @@ enum Pending {
 struct BufTail {
     data: Vec<u8>,
     offset: usize,
+    /// What the source said after these bytes, acted on once they are out.
+    then: AfterTail,
+}
+
+/// What comes after a pending tail.
+#[derive(Debug)]
+enum AfterTail {
+    /// Read on from the source.
+    More,
+    /// The source's end-of-file was already read: shut the destination.
+    Eof,
+    /// Reading on from the source failed (say, a reset after a response):
+    /// end the connection with that error, after delivering the bytes
+    /// received before it, as a read that failed on a later pass would.
+    Error(io::Error),
 }
 
 #[derive(Debug)]
@@ -134,9 +149,6 @@ struct Half {
     /// Small messages (requests, watch events) stay on read/write, which
     /// costs fewer syscalls than two splices.
     bulk: bool,
-    /// The source's end-of-file was read with the data still pending:
-    /// shut the destination once it is flushed.
-    eof_pending: bool,
     pending: Pending,
 }
 
@@ -218,30 +230,37 @@ impl Half {
                 // rest). Reading it now lets the data and our FIN leave in
                 // one segment: a short response followed by close is the
                 // common case of an apiserver request.
-                let mut eof = false;
+                let mut then = AfterTail::More;
                 if drained && src.poll_read_ready(cx).is_ready() {
                     let rest = buf.get_mut(read..).unwrap_or_default();
                     let more = rest.len();
-                    match read_chunk(src, Some(more), || (&*SockRef::from(src)).read(rest))? {
-                        Chunk::Eof => eof = true,
-                        Chunk::Empty => {}
-                        Chunk::Data { len, drained: now } => {
+                    match read_chunk(src, Some(more), || (&*SockRef::from(src)).read(rest)) {
+                        Ok(Chunk::Eof) => then = AfterTail::Eof,
+                        Ok(Chunk::Empty) => {}
+                        Ok(Chunk::Data { len, drained: now }) => {
                             read += len;
                             drained = now;
                         }
+                        Err(e) => then = AfterTail::Error(e),
                     }
                 }
                 let chunk = buf.get(..read).unwrap_or_default();
-                let written = write_some(dst, chunk, eof)?;
+                let written = write_some(dst, chunk, matches!(then, AfterTail::Eof))?;
                 count(written);
                 if written < chunk.len() {
                     let data = chunk.get(written..).unwrap_or_default().to_vec();
-                    self.pending = Pending::Buf(Box::new(BufTail { data, offset: 0 }));
-                    self.eof_pending = eof;
+                    let tail = BufTail {
+                        data,
+                        offset: 0,
+                        then,
+                    };
+                    self.pending = Pending::Buf(Box::new(tail));
                     return Ok(());
                 }
-                if eof {
-                    return self.finish(dst, other_done);
+                match then {
+                    AfterTail::More => {}
+                    AfterTail::Eof => return self.finish(dst, other_done),
+                    AfterTail::Error(e) => return Err(e),
                 }
                 if drained {
                     return Ok(());
@@ -302,8 +321,12 @@ impl Half {
                 if written < rest.len() {
                     tail.offset += written;
                     self.pending = Pending::Buf(tail);
-                } else if std::mem::take(&mut self.eof_pending) {
-                    return self.finish(dst, other_done);
+                } else {
+                    match tail.then {
+                        AfterTail::More => {}
+                        AfterTail::Eof => return self.finish(dst, other_done),
+                        AfterTail::Error(e) => return Err(e),
+                    }
                 }
             }
             Pending::Pipe(mut tail) => {
@@ -463,7 +486,11 @@ impl Connection {
             backend,
             up: Half {
                 pending: early.map_or(Pending::Empty, |data| {
-                    Pending::Buf(Box::new(BufTail { data, offset: 0 }))
+                    Pending::Buf(Box::new(BufTail {
+                        data,
+                        offset: 0,
+                        then: AfterTail::More,
+                    }))
                 }),
                 ..Half::default()
             },

@@ -211,12 +211,12 @@ impl ProxyThread {
         shutdown: CancellationToken,
     ) -> Result<ProxyThread, ProxyError> {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-        // Dropped when the thread ends, however it ends.
+        // Sent to when the proxy has drained; dropped unsent if the thread
+        // ends any other way (a panic).
         let (finished_tx, finished) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("cplb-proxy".into())
             .spawn(move || {
-                let _finished = finished_tx;
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -233,6 +233,7 @@ impl ProxyThread {
                             let bound = (proxy.local_addr(), proxy.backends_handle());
                             if bound_tx.send(Ok(bound)).is_ok() {
                                 proxy.run(shutdown).await;
+                                let _ = finished_tx.send(());
                             }
                         }
                         Err(e) => {
@@ -262,9 +263,12 @@ impl ProxyThread {
         self.backends.clone()
     }
 
-    /// Resolves once the proxy has drained and its thread has ended.
-    pub async fn join(self) {
-        let _ = self.finished.await;
+    /// Resolves once the proxy has drained, or with an error if its thread
+    /// died without draining (a panic).
+    pub async fn join(self) -> Result<(), ProxyError> {
+        self.finished.await.map_err(|_| {
+            ProxyError::Thread(std::io::Error::other("proxy thread ended without draining"))
+        })
     }
 }
 

@@ -692,7 +692,7 @@ async fn proxy_thread_serves_takes_updates_and_drains() {
     let stream = TcpStream::connect(addr).await.unwrap();
     assert_eq!(exchange(stream, payload(2, 10_000)).await, 2);
     shutdown.cancel();
-    timeout(DEADLINE, proxy.join()).await.unwrap();
+    timeout(DEADLINE, proxy.join()).await.unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
 }
 
@@ -708,4 +708,36 @@ async fn proxy_thread_reports_bind_errors() {
         matches!(err, cplb_proxy::ProxyError::Bind { .. }),
         "{err:?}"
     );
+}
+
+/// A backend that resets the connection right after its response (an
+/// abortive close): the client still gets the whole response before the
+/// connection ends, on both data paths.
+#[tokio::test]
+async fn response_followed_by_reset_is_still_delivered() {
+    init_tracing();
+    let response = payload(31, 2000);
+    let expected = response.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4];
+            s.read_exact(&mut request).await.unwrap();
+            s.write_all(&response).await.unwrap();
+            // SO_LINGER 0: close sends RST instead of FIN.
+            s.set_zero_linger().unwrap();
+            drop(s);
+        }
+    });
+    for path in [DataPath::Splice, DataPath::Copy] {
+        let mut cfg = config(vec![backend]);
+        cfg.data_path = path;
+        let proxy = start(cfg).await;
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(b"GET\n").await.unwrap();
+        assert_eq!(read_until_closed(&mut stream).await, expected, "{path:?}");
+    }
+    server.await.unwrap();
 }
