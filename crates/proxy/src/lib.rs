@@ -16,6 +16,10 @@
 //! # let _ = task.await;
 //! # Ok(()) }
 //! ```
+//!
+//! The agent runs it on a thread of its own instead, with
+//! [`ProxyThread::spawn`] (same configuration, same handle), so that proxy
+//! load never delays the VRRP adverts of the caller's runtime.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
