@@ -169,6 +169,33 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Every data path, for tests that must hold on both.
+const DATA_PATHS: [DataPath; 2] = [DataPath::Splice, DataPath::Copy];
+
+/// A backend that runs `session` on each of its next `count` connections.
+async fn scripted_backend<F, Fut>(count: usize, session: F) -> (SocketAddr, JoinHandle<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        for _ in 0..count {
+            let (stream, _) = listener.accept().await.unwrap();
+            session(stream).await;
+        }
+    });
+    (addr, task)
+}
+
+/// A proxy in front of `backend` moving bytes with `path`.
+async fn start_with_path(backend: SocketAddr, path: DataPath) -> Running {
+    let mut cfg = config(vec![backend]);
+    cfg.data_path = path;
+    start(cfg).await
+}
+
 /// A client with a 4 KiB receive buffer, so the proxy's writes to it stall.
 async fn small_window_client(addr: SocketAddr) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -296,10 +323,8 @@ async fn all_backends_dead_closes_client() {
 async fn client_half_close_still_gets_whole_response() {
     init_tracing();
     let backend = EchoBackend::start(4).await;
-    for path in [DataPath::Splice, DataPath::Copy] {
-        let mut cfg = config(vec![backend.addr]);
-        cfg.data_path = path;
-        let proxy = start(cfg).await;
+    for path in DATA_PATHS {
+        let proxy = start_with_path(backend.addr, path).await;
         let stream = TcpStream::connect(proxy.addr).await.unwrap();
         // 4 MiB: far more than socket buffers, so the echo must keep flowing
         // after the client has shut its write side.
@@ -325,19 +350,16 @@ async fn slow_reader_gets_every_byte() {
     init_tracing();
     let data = payload(11, 8 << 20);
     let expected = fnv1a(FNV_START, &data);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        for _ in 0..2 {
-            let (mut s, _) = listener.accept().await.unwrap();
+    let (backend, server) = scripted_backend(DATA_PATHS.len(), move |mut s| {
+        let data = data.clone();
+        async move {
             s.write_all(&data).await.unwrap();
             s.shutdown().await.unwrap();
         }
-    });
-    for path in [DataPath::Splice, DataPath::Copy] {
-        let mut cfg = config(vec![backend]);
-        cfg.data_path = path;
-        let proxy = start(cfg).await;
+    })
+    .await;
+    for path in DATA_PATHS {
+        let proxy = start_with_path(backend, path).await;
         let mut stream = small_window_client(proxy.addr).await;
         let mut hash = FNV_START;
         let mut total = 0;
@@ -635,11 +657,9 @@ async fn response_with_fin_reaches_a_slow_client_whole() {
     init_tracing();
     let data = payload(21, 48 * 1024);
     let (len, expected) = (data.len(), fnv1a(FNV_START, &data));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        for _ in 0..2 {
-            let (mut s, _) = listener.accept().await.unwrap();
+    let (backend, server) = scripted_backend(DATA_PATHS.len(), move |mut s| {
+        let data = data.clone();
+        async move {
             let mut request = [0u8; 4];
             s.read_exact(&mut request).await.unwrap();
             // MSG_MORE holds the data back so shutdown's FIN joins it.
@@ -657,11 +677,10 @@ async fn response_with_fin_reaches_a_slow_client_whole() {
             }
             s.shutdown().await.unwrap();
         }
-    });
-    for path in [DataPath::Splice, DataPath::Copy] {
-        let mut cfg = config(vec![backend]);
-        cfg.data_path = path;
-        let proxy = start(cfg).await;
+    })
+    .await;
+    for path in DATA_PATHS {
+        let proxy = start_with_path(backend, path).await;
         let mut stream = small_window_client(proxy.addr).await;
         stream.write_all(b"GET\n").await.unwrap();
         let mut got = Vec::new();
@@ -718,11 +737,9 @@ async fn response_followed_by_reset_is_still_delivered() {
     init_tracing();
     let response = payload(31, 2000);
     let expected = response.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        for _ in 0..2 {
-            let (mut s, _) = listener.accept().await.unwrap();
+    let (backend, server) = scripted_backend(DATA_PATHS.len(), move |mut s| {
+        let response = response.clone();
+        async move {
             let mut request = [0u8; 4];
             s.read_exact(&mut request).await.unwrap();
             s.write_all(&response).await.unwrap();
@@ -730,11 +747,10 @@ async fn response_followed_by_reset_is_still_delivered() {
             s.set_zero_linger().unwrap();
             drop(s);
         }
-    });
-    for path in [DataPath::Splice, DataPath::Copy] {
-        let mut cfg = config(vec![backend]);
-        cfg.data_path = path;
-        let proxy = start(cfg).await;
+    })
+    .await;
+    for path in DATA_PATHS {
+        let proxy = start_with_path(backend, path).await;
         let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
         stream.write_all(b"GET\n").await.unwrap();
         assert_eq!(read_until_closed(&mut stream).await, expected, "{path:?}");
