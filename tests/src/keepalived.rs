@@ -4,14 +4,125 @@
 //! `auth_type PASS`, the VIPs with their prefix, and unicast peers when set.
 //! Mixed-cluster tests run these beside cplb nodes, as a rolling upgrade
 //! from k0s's keepalived would.
+//!
+//! Which keepalived: see [`binary`]. k0s embeds keepalived 2.4.3;
+//! `scripts/setup` builds it into [`K0S_KEEPALIVED`] when the source is
+//! there, and the tests run it in preference to the distribution's (2.2.7
+//! on Debian 12). Every keepalived started here has its own configuration,
+//! pid files and log in a directory of its own, so it runs beside a system
+//! keepalived (whose default pid file is `/run/keepalived.pid`) without
+//! either noticing the other.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::{ChildId, Lab, LabError, require_tool, wait_until};
+
+/// Where `scripts/setup` installs keepalived 2.4.3, the version k0s embeds.
+pub const K0S_KEEPALIVED: &str = "/opt/keepalived-2.4.3/sbin/keepalived";
+
+/// The environment variable that forces a keepalived binary (a path, or a
+/// name looked up on `PATH`: `CPLB_KEEPALIVED=keepalived` runs the
+/// distribution's even where 2.4.3 is installed).
+pub const KEEPALIVED_ENV: &str = "CPLB_KEEPALIVED";
+
+/// The keepalived binary the tests run as a peer, and its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepalivedBinary {
+    /// The program to run.
+    pub path: PathBuf,
+    /// What `--version` reports, e.g. `Keepalived v2.4.3`.
+    pub version: String,
+    /// Why this one: `$CPLB_KEEPALIVED`, k0s's version, or the distribution's.
+    pub chosen_by: &'static str,
+}
+
+impl KeepalivedBinary {
+    /// `2.4.3` from `Keepalived v2.4.3 (...)`.
+    pub fn version_number(&self) -> &str {
+        self.version
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix('v'))
+            .unwrap_or(&self.version)
+    }
+}
+
+/// The keepalived the tests run: `$CPLB_KEEPALIVED` if set; else
+/// [`K0S_KEEPALIVED`] (2.4.3, k0s's) if it is installed; else `keepalived`
+/// from `PATH` (Debian's 2.2.7). Chosen once per process and printed to
+/// stderr, so every test's output says which keepalived ran.
+pub fn binary() -> Result<&'static KeepalivedBinary, LabError> {
+    static CHOSEN: OnceLock<Result<KeepalivedBinary, String>> = OnceLock::new();
+    let chosen = CHOSEN.get_or_init(|| {
+        let picked = choose().map_err(|e| e.to_string());
+        if let Ok(k) = &picked {
+            eprintln!(
+                "cplb-e2e: keepalived peer: {} ({}, {})",
+                k.version,
+                k.path.display(),
+                k.chosen_by
+            );
+        }
+        picked
+    });
+    // nextest runs each test in a process of its own: each test says it.
+    chosen
+        .as_ref()
+        .map_err(|e| LabError::Unknown(format!("keepalived binary: {e}")))
+}
+
+fn choose() -> Result<KeepalivedBinary, LabError> {
+    let (path, chosen_by) = if let Some(forced) = std::env::var_os(KEEPALIVED_ENV) {
+        (PathBuf::from(forced), "forced by $CPLB_KEEPALIVED")
+    } else if is_executable(Path::new(K0S_KEEPALIVED)) {
+        (
+            PathBuf::from(K0S_KEEPALIVED),
+            "k0s's version, built by scripts/setup",
+        )
+    } else {
+        require_tool("keepalived", "keepalived")?;
+        (
+            PathBuf::from("keepalived"),
+            "the distribution's: keepalived 2.4.3 is not installed (scripts/setup builds it from ../shared/peers)",
+        )
+    };
+    let out = Command::new(&path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| LabError::Spawn {
+            command: format!("{} --version", path.display()),
+            source,
+        })?;
+    // keepalived prints its version to stderr.
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .lines()
+        .find(|l| l.starts_with("Keepalived v"))
+        .map(|l| l.split(" (").next().unwrap_or(l).trim().to_owned())
+        .ok_or_else(|| {
+            LabError::Unknown(format!(
+                "{} --version printed no version: {text:?}",
+                path.display()
+            ))
+        })?;
+    Ok(KeepalivedBinary {
+        path,
+        version,
+        chosen_by,
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
 
 /// One `vrrp_instance` as k0s renders it.
 #[derive(Debug, Clone)]
@@ -87,14 +198,17 @@ pub fn render_k0s(instances: &[K0sInstance], vrrp_version: Option<u8>) -> String
 pub struct Keepalived {
     /// The lab's handle on the process.
     pub child: ChildId,
+    /// Which keepalived it is.
+    pub binary: KeepalivedBinary,
     dir: PathBuf,
 }
 
 impl Keepalived {
-    /// Starts `keepalived` in `netns` with `conf`, VRRP only, in the
-    /// foreground, logging to a file (see [`Keepalived::log`]).
+    /// Starts keepalived (the one [`binary`] picks) in `netns` with
+    /// `conf`, VRRP only, in the foreground, logging to a file (see
+    /// [`Keepalived::log`]).
     pub fn start(lab: &Lab, netns: &str, conf: &str) -> Result<Keepalived, LabError> {
-        require_tool("keepalived", "keepalived")?;
+        let binary = binary()?.clone();
         let dir = std::env::temp_dir().join(format!("{netns}-keepalived"));
         let io = |source| LabError::Spawn {
             command: format!("prepare {}", dir.display()),
@@ -104,7 +218,7 @@ impl Keepalived {
         fs::write(dir.join("keepalived.conf"), conf).map_err(io)?;
         let log = File::create(dir.join("keepalived.log")).map_err(io)?;
         let log_err = log.try_clone().map_err(io)?;
-        let mut cmd = lab.command_in(netns, "keepalived");
+        let mut cmd = lab.command_in(netns, &binary.path);
         cmd.args([
             "--dont-fork",
             "--vrrp",
@@ -114,7 +228,8 @@ impl Keepalived {
         ])
         .arg("--use-file")
         .arg(dir.join("keepalived.conf"))
-        // Own pid files: several keepalived run on one machine.
+        // Own pid files: several keepalived run on one machine, and a
+        // system one (pid file /run/keepalived.pid) may run beside them.
         .arg("--pid")
         .arg(dir.join("keepalived.pid"))
         .arg("--vrrp_pid")
@@ -124,7 +239,12 @@ impl Keepalived {
         .stdout(log)
         .stderr(log_err);
         let child = lab.spawn(cmd)?;
-        Ok(Keepalived { child, dir })
+        Ok(Keepalived { child, binary, dir })
+    }
+
+    /// Its directory: configuration, pid files, log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Everything keepalived logged so far.
@@ -145,10 +265,16 @@ impl Keepalived {
     /// complete" (k0s renders `auth_pass` even for VRRPv3, which keepalived
     /// ignores with a warning).
     pub fn complaints(&self) -> Vec<String> {
-        // keepalived 2.2's receive-check messages, e.g. "received an
-        // invalid passwd!", "bogus VRRP packet received", "advertisement
-        // interval mismatch", "invalid ttl"; matched case-insensitively.
-        const COMPLAINTS: [&str; 7] = [
+        // keepalived's receive-check messages (vrrp_check_packet), e.g.
+        // 2.2's "received an invalid passwd!", "bogus VRRP packet
+        // received", "advertisement interval mismatch", "invalid ttl", and
+        // 2.4's "vrrp packet from X too long", "wrong VRRP version",
+        // "expected 1 VIPs but received 2", "ip address associated with
+        // VRID 51 not present in advert", "TTL/HL 64 from X not in range",
+        // "Expected unicast packet but received multicast packet",
+        // "unicast source address X not a unicast peer", "missing
+        // authentication trailer"; matched case-insensitively.
+        const COMPLAINTS: [&str; 15] = [
             "bogus",
             "mismatch",
             "invalid",
@@ -156,6 +282,14 @@ impl Keepalived {
             "authentication",
             "checksum",
             "ttl",
+            "too long",
+            "too short",
+            "wrong",
+            "expected",
+            "not present",
+            "not in range",
+            "not a unicast peer",
+            "trailer",
         ];
         let log = self.log();
         let running = log.rfind("Startup complete").map_or("", |at| &log[at..]);

@@ -603,11 +603,37 @@ impl Drop for Lab {
         // Deleting a namespace destroys its interfaces and with them the
         // veth peers in the other namespaces.
         for netns in self.namespaces.drain(..).rev() {
-            if let Err(e) = run(Command::new("ip").args(["netns", "del", &netns])) {
+            if let Err(e) = delete_netns(&netns) {
                 eprintln!("cplb-e2e: cannot delete network namespace {netns}: {e}");
             }
         }
     }
+}
+
+/// The lock file `cplb run` takes in a network namespace other than the
+/// host's (`/run/cplb-netns-<inode>.lock`, see the agent's `lock.rs`).
+pub fn agent_lock_file(netns: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(format!("/run/netns/{netns}")).ok()?.ino();
+    Some(std::path::PathBuf::from(format!(
+        "/run/cplb-netns-{inode}.lock"
+    )))
+}
+
+/// Deletes the namespace `netns` and the lock file an agent run inside it
+/// left in `/run` (nothing else can use it: the inode dies with the
+/// namespace and a new one may reuse the number).
+pub fn delete_netns(netns: &str) -> Result<(), LabError> {
+    let lock = agent_lock_file(netns);
+    run(Command::new("ip").args(["netns", "del", netns]))?;
+    if let Some(lock) = lock {
+        match std::fs::remove_file(&lock) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("cplb-e2e: cannot remove {}: {e}", lock.display()),
+        }
+    }
+    Ok(())
 }
 
 /// All network namespaces whose name starts with `prefix`.
@@ -638,7 +664,7 @@ pub fn cleanup_stale() -> Result<Vec<String>, LabError> {
         if std::path::Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        run(Command::new("ip").args(["netns", "del", &name]))?;
+        delete_netns(&name)?;
         deleted.push(name);
     }
     Ok(deleted)

@@ -145,3 +145,20 @@ fn cleanup_stale_removes_only_namespaces_of_dead_processes() {
         "a live lab is left alone"
     );
 }
+
+/// `cplb run` in a namespace takes `/run/cplb-netns-<inode>.lock`, which
+/// outlives the namespace: the lab removes it with the namespace, so test
+/// runs leave nothing in `/run`.
+#[test]
+fn drop_removes_the_agent_lock_file_of_each_namespace() {
+    let lock;
+    {
+        let mut lab = Lab::new().unwrap();
+        lab.add_host("a", Some("192.0.2.1/24"), None).unwrap();
+        let a = lab.host("a").unwrap().netns.clone();
+        lock = cplb_e2e::agent_lock_file(&a).unwrap();
+        // What the agent's lock.rs creates there.
+        std::fs::write(&lock, b"").unwrap();
+    }
+    assert!(!lock.exists(), "{} left behind", lock.display());
+}

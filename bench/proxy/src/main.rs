@@ -220,6 +220,8 @@ fn proxy(opts: &Opts, routes: &[String]) -> Res<()> {
             config.listen = listen.parse()?;
             config.data_path = data_path;
             config.max_connections = 20_000;
+            // Every benchmark client comes from one loopback address.
+            config.max_connections_per_source = 0;
             config.smart_connect = smart_connect;
             if multi {
                 let p = cplb_proxy::Proxy::bind(config).await?;

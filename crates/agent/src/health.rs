@@ -14,6 +14,9 @@
 
 use std::time::{Duration, Instant};
 
+use cplb_reconciler::HealthSnapshot;
+use tracing::{info, warn};
+
 /// How health maps to priority, and how long a change must hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthPolicy {
@@ -81,6 +84,34 @@ pub struct HealthTracker {
     health: Health,
     /// Since when every observation has contradicted `health`, and why.
     pending: Option<(Instant, String)>,
+    /// Why the node has its committed health, for `/status`.
+    reason: String,
+}
+
+/// Whether this node can serve through its proxy, and why: the proxy must
+/// be alive and at least one apiserver healthy from here.
+pub fn node_verdict(proxy_alive: bool, snapshot: &HealthSnapshot) -> (bool, String) {
+    if !proxy_alive {
+        return (false, "proxy not serving".to_owned());
+    }
+    let known = snapshot.len();
+    let healthy = snapshot
+        .values()
+        .filter(|b| b.health == cplb_reconciler::Health::Healthy)
+        .count();
+    if known == 0 {
+        (false, "no apiserver known yet".to_owned())
+    } else if healthy == 0 {
+        (
+            false,
+            format!("no healthy apiserver reachable from this node (0 of {known})"),
+        )
+    } else {
+        (
+            true,
+            format!("{healthy} of {known} apiservers healthy from this node"),
+        )
+    }
 }
 
 impl HealthTracker {
@@ -98,7 +129,38 @@ impl HealthTracker {
             policy,
             health: Health::Unhealthy,
             pending: None,
+            reason: "starting: must be healthy for the rise time first".to_owned(),
         })
+    }
+
+    /// One tick of the agent: observes `healthy` (with its `reason`), logs a
+    /// committed change once, and returns it so the caller sets the VRRP
+    /// priority. While healthy the reason follows the latest observation.
+    pub fn step(&mut self, now: Instant, healthy: bool, reason: &str) -> Option<PriorityChange> {
+        let change = self.observe(now, healthy, reason);
+        match &change {
+            Some(change) => {
+                match change.health {
+                    Health::Healthy => {
+                        info!(component = "agent", priority = change.priority, reason = %change.reason, "node healthy: base priority");
+                    }
+                    Health::Unhealthy => {
+                        warn!(component = "agent", priority = change.priority, reason = %change.reason, "node unhealthy: degraded priority, a healthy node takes the VIP");
+                    }
+                }
+                self.reason.clone_from(&change.reason);
+            }
+            None if self.health == Health::Healthy && healthy && self.reason != reason => {
+                self.reason = reason.to_owned();
+            }
+            None => {}
+        }
+        change
+    }
+
+    /// Why the node has its committed health.
+    pub fn reason(&self) -> &str {
+        &self.reason
     }
 
     /// The committed health.

@@ -3,10 +3,19 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+pub mod boot;
 pub mod config;
+pub mod error;
 pub mod health;
+mod ipvs;
+mod lb;
+pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod netfilter;
+pub mod plan;
+mod report;
 pub mod run;
 pub mod status;
+pub mod supervise;
+mod watchdog;

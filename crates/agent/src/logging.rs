@@ -38,6 +38,40 @@ pub enum LogFormat {
     Json,
 }
 
+/// The logging flags every long-running subcommand takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "logfmt")]
+    pub log_format: LogFormat,
+    /// Log level or filter (`info`, `debug`, `cplb=debug,warn`); default
+    /// from CPLB_LOG, else info.
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl LogArgs {
+    /// Sets up logging; a bad level falls back to info with a message.
+    pub fn init(&self) {
+        if let Err(e) = init(self.log_format, self.log_level.as_deref()) {
+            eprintln!("cplb: {e}; logging at info");
+            let _ = init(self.log_format, Some("info"));
+        }
+    }
+
+    /// The same flags, for a child process.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.log_format == LogFormat::Json {
+            args.extend(["--log-format".to_owned(), "json".to_owned()]);
+        }
+        if let Some(level) = &self.log_level {
+            args.extend(["--log-level".to_owned(), level.clone()]);
+        }
+        args
+    }
+}
+
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {

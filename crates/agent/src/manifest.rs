@@ -18,6 +18,12 @@
 //! if let Some(image) = image { opts.image = image; }
 //! print!("{}", manifest::static_pod(&opts)?);
 //! ```
+//!
+//! `cplb manifest --rbac` prints instead the RBAC objects of the
+//! least-privilege identity [`RBAC_USER`] ([`rbac`]; the same text ships as
+//! `deploy/rbac.yaml`): what the reconciler needs and nothing more, so the
+//! agent, which terminates untrusted TCP as root, need not hold the
+//! cluster-admin `admin.conf` (issue 14, finding 13).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,6 +31,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, HTTPGetAction, HostPathVolumeSource, Pod, PodSpec, Probe,
     SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -203,6 +212,127 @@ pub fn static_pod_object(opts: &ManifestOptions) -> Pod {
     }
 }
 
+/// The user the least-privilege kubeconfig authenticates as (its client
+/// certificate's common name).
+pub const RBAC_USER: &str = "cplb";
+
+/// The name of the RBAC objects.
+const RBAC_NAME: &str = "cplb";
+
+/// Where the reconciler watches the `kubernetes` endpoints.
+const ENDPOINTS_NAMESPACE: &str = "default";
+
+fn names(items: &[&str]) -> Option<Vec<String>> {
+    Some(items.iter().map(|s| (*s).to_owned()).collect())
+}
+
+fn rbac_metadata(namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(RBAC_NAME.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/name".to_owned(),
+            "cplb".to_owned(),
+        )])),
+        ..ObjectMeta::default()
+    }
+}
+
+fn rbac_subjects() -> Option<Vec<Subject>> {
+    Some(vec![Subject {
+        api_group: Some("rbac.authorization.k8s.io".to_owned()),
+        kind: "User".to_owned(),
+        name: RBAC_USER.to_owned(),
+        namespace: None,
+    }])
+}
+
+/// What the reconciler does with its kubeconfig, and nothing more: list and
+/// watch the `kubernetes` EndpointSlices and Endpoints in `default` (a Role
+/// there), and `GET /readyz` on each apiserver (a ClusterRole: non-resource
+/// URLs exist only cluster-wide). API discovery (`/apis/discovery.k8s.io/v1`)
+/// is open to every authenticated user through the built-in
+/// `system:discovery` role.
+pub fn rbac_objects() -> (Role, RoleBinding, ClusterRole, ClusterRoleBinding) {
+    let verbs = || names(&["list", "watch"]).unwrap_or_default();
+    let role = Role {
+        metadata: rbac_metadata(Some(ENDPOINTS_NAMESPACE)),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: names(&["discovery.k8s.io"]),
+                resources: names(&["endpointslices"]),
+                verbs: verbs(),
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: names(&[""]),
+                resources: names(&["endpoints"]),
+                verbs: verbs(),
+                ..PolicyRule::default()
+            },
+        ]),
+    };
+    let role_binding = RoleBinding {
+        metadata: rbac_metadata(Some(ENDPOINTS_NAMESPACE)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: RBAC_NAME.to_owned(),
+        },
+        subjects: rbac_subjects(),
+    };
+    let cluster_role = ClusterRole {
+        metadata: rbac_metadata(None),
+        rules: Some(vec![PolicyRule {
+            non_resource_urls: names(&["/readyz"]),
+            verbs: names(&["get"]).unwrap_or_default(),
+            ..PolicyRule::default()
+        }]),
+        aggregation_rule: None,
+    };
+    let cluster_role_binding = ClusterRoleBinding {
+        metadata: rbac_metadata(None),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: RBAC_NAME.to_owned(),
+        },
+        subjects: rbac_subjects(),
+    };
+    (role, role_binding, cluster_role, cluster_role_binding)
+}
+
+/// [`rbac_objects`] as one YAML stream (`kubectl apply -f -`), the text of
+/// `deploy/rbac.yaml`.
+pub fn rbac() -> Result<String, ManifestError> {
+    let (role, role_binding, cluster_role, cluster_role_binding) = rbac_objects();
+    let yaml = |r: Result<String, serde_saphyr::SerializeError>| {
+        r.map_err(|e| ManifestError(e.to_string()))
+    };
+    let documents = [
+        yaml(serde_saphyr::to_string(&role))?,
+        yaml(serde_saphyr::to_string(&role_binding))?,
+        yaml(serde_saphyr::to_string(&cluster_role))?,
+        yaml(serde_saphyr::to_string(&cluster_role_binding))?,
+    ];
+    let mut out = format!(
+        "# RBAC for cplb's least-privilege kubeconfig (user {RBAC_USER:?}), generated by\n# `cplb manifest --rbac`; see docs/configuration.md (kubeconfig).\n"
+    );
+    for document in documents {
+        out.push_str("---\n");
+        out.push_str(&document);
+    }
+    Ok(out)
+}
+
+/// Whether `path` looks like a cluster-admin kubeconfig (k0s's or
+/// kubeadm's `admin.conf`), which cplb should not need.
+pub fn is_admin_kubeconfig(path: impl AsRef<std::path::Path>) -> bool {
+    path.as_ref()
+        .file_name()
+        .is_some_and(|name| name == "admin.conf" || name == "super-admin.conf")
+}
+
 /// Why a manifest could not be rendered.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot render the static pod manifest: {0}")]
@@ -221,6 +351,63 @@ mod tests {
         let text = static_pod(opts).unwrap();
         let value: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
         (text, value)
+    }
+
+    /// Issue 14, finding 13: exactly what the reconciler uses, for user
+    /// `cplb`, and `deploy/rbac.yaml` is this very text.
+    #[test]
+    fn rbac_grants_exactly_what_the_reconciler_uses() {
+        let text = rbac().unwrap();
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        let kinds: Vec<&str> = documents
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]
+        );
+        let json = |v: serde_json::Value| v;
+        assert_eq!(documents[0]["metadata"]["namespace"], "default");
+        assert_eq!(
+            documents[0]["rules"],
+            json(serde_json::json!([
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+                {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["list", "watch"]},
+            ]))
+        );
+        assert_eq!(
+            documents[2]["rules"],
+            json(serde_json::json!([{"nonResourceURLs": ["/readyz"], "verbs": ["get"]}]))
+        );
+        for (binding, role_kind) in [(&documents[1], "Role"), (&documents[3], "ClusterRole")] {
+            assert_eq!(binding["roleRef"]["kind"], role_kind);
+            assert_eq!(binding["roleRef"]["name"], "cplb");
+            assert_eq!(
+                binding["subjects"],
+                json(
+                    serde_json::json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "cplb"}])
+                )
+            );
+        }
+        assert_eq!(documents[1]["metadata"]["namespace"], "default");
+        assert!(!text.contains('*'), "{text}");
+        let shipped = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/rbac.yaml"
+        ))
+        .unwrap();
+        assert_eq!(
+            shipped, text,
+            "deploy/rbac.yaml is stale: cplb manifest --rbac > deploy/rbac.yaml"
+        );
+    }
+
+    #[test]
+    fn admin_kubeconfigs_are_recognised() {
+        assert!(is_admin_kubeconfig("/var/lib/k0s/pki/admin.conf"));
+        assert!(is_admin_kubeconfig("/etc/kubernetes/admin.conf"));
+        assert!(!is_admin_kubeconfig("/etc/cplb/kubeconfig"));
     }
 
     #[test]

@@ -8,14 +8,17 @@ use std::time::Duration;
 
 use cplb::admin::{self, AdminError, StatusSource};
 use cplb::status::{
-    BackendReport, Counted, InstanceReport, NetfilterReport, NodeHealthReport, ProxyReport,
-    ReconcilerReport, StatusReport,
+    BackendReport, Counted, ExcludedReport, InstanceReport, KubeconfigReport, NetfilterReport,
+    NodeHealthReport, ProxyReport, ReconcilerReport, SocketReport, StatusReport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+#[path = "support/exposition.rs"]
+mod exposition;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -48,6 +51,7 @@ fn report() -> StatusReport {
         uptime_seconds: 3723.5,
         ready: true,
         stopping: false,
+        netlink_overruns: 2,
         instances: vec![
             InstanceReport {
                 vrid: 51,
@@ -76,6 +80,14 @@ fn report() -> StatusReport {
                 dropped: Vec::new(),
             },
         ],
+        sockets: vec![SocketReport {
+            interface: "eth0".to_owned(),
+            family: "ipv4".to_owned(),
+            mode: "multicast".to_owned(),
+            vrids: vec![51],
+            packets_received: 1230,
+            dropped: vec![counted("bad_ttl", 4), counted("unknown_vrid", 2)],
+        }],
         health: NodeHealthReport {
             tracking: true,
             state: "degraded".to_owned(),
@@ -85,6 +97,9 @@ fn report() -> StatusReport {
         },
         proxy: Some(ProxyReport {
             listen: "0.0.0.0:6444".parse().unwrap(),
+            refused_source_limit: 6,
+            no_backend: 1,
+            local_connect_errors: 2,
             backends: vec![
                 BackendReport {
                     check_seconds: Some(0.012),
@@ -113,6 +128,15 @@ fn report() -> StatusReport {
         reconciler: Some(ReconcilerReport {
             updates: 7,
             watch_errors: 2,
+            excluded: vec![ExcludedReport {
+                address: "192.0.2.100".parse().unwrap(),
+                reason: "configured".to_owned(),
+            }],
+            excluded_total: 3,
+            kubeconfig: KubeconfigReport {
+                state: "loaded".to_owned(),
+                ..KubeconfigReport::default()
+            },
         }),
         netfilter: Some(NetfilterReport {
             backend: "iptables".to_owned(),
@@ -122,7 +146,75 @@ fn report() -> StatusReport {
                     .to_owned(),
             ],
         }),
+        ipvs: None,
     }
+}
+
+/// IPVS mode: no proxy, no rules; one service with two real servers.
+fn ipvs_report() -> StatusReport {
+    let real_server = |address: &str, weight: u32| cplb::status::RealServerReport {
+        address: address.parse().unwrap(),
+        weight,
+        forward: "DR".to_owned(),
+        active_connections: 2,
+        inactive_connections: 1,
+        health: "healthy".to_owned(),
+    };
+    StatusReport {
+        proxy: None,
+        netfilter: None,
+        ipvs: Some(cplb::status::IpvsReport {
+            dummy_link: "dummyvip0".to_owned(),
+            held_vips: vec!["192.0.2.100".parse().unwrap()],
+            releasing_vips: Vec::new(),
+            sync_daemon: "master".to_owned(),
+            services: vec![cplb::status::IpvsServiceReport {
+                address: "192.0.2.100:6443".to_owned(),
+                scheduler: "rr".to_owned(),
+                persistence_seconds: Some(360),
+                real_servers: vec![
+                    real_server("192.0.2.11:6443", 1),
+                    real_server("192.0.2.12:6443", 0),
+                ],
+            }],
+            reconciles: 7,
+            changes: 4,
+            reconcile_errors: 0,
+            last_error: None,
+        }),
+        ..report()
+    }
+}
+
+#[test]
+fn ipvs_mode_shows_its_services_in_status_and_metrics() {
+    let text = admin::render_status(&ipvs_report());
+    for needle in [
+        "IPVS: VIPs held 192.0.2.100  sync daemon master  1 service(s) on dummyvip0",
+        "TCP 192.0.2.100:6443 rr persistence 360s",
+        "192.0.2.12:6443  DR       0       2       1         healthy",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in\n{text}");
+    }
+    assert!(!text.contains("Load balancer disabled"), "{text}");
+    let m = admin::encode_metrics(&ipvs_report()).unwrap();
+    assert_has(&m, "cplb_ipvs_services 1");
+    assert_has(&m, "cplb_ipvs_sync_master 1");
+    assert_has(
+        &m,
+        "cplb_ipvs_real_server_weight{service=\"192.0.2.100:6443\",real_server=\"192.0.2.12:6443\"} 0",
+    );
+    assert_has(
+        &m,
+        "cplb_ipvs_real_server_active_connections{service=\"192.0.2.100:6443\",real_server=\"192.0.2.11:6443\"} 2",
+    );
+    assert_has(&m, "cplb_ipvs_reconciles_total 7");
+    // The report round-trips through /status's JSON (what `cplb status` reads).
+    let json = serde_json::to_string(&ipvs_report()).unwrap();
+    assert_eq!(
+        serde_json::from_str::<StatusReport>(&json).unwrap(),
+        ipvs_report()
+    );
 }
 
 fn disabled_report() -> StatusReport {
@@ -222,6 +314,7 @@ async fn metrics_encode_the_report() {
         r#"cplb_build_info{version="0.1.0-test"} 1"#,
         "cplb_ready 1",
         "cplb_uptime_seconds 3723.5",
+        "cplb_vrrp_netlink_overruns_total 2",
         "# TYPE cplb_vrrp_state gauge",
         r#"cplb_vrrp_state{vrid="51",interface="eth0",state="master"} 1"#,
         r#"cplb_vrrp_state{vrid="51",interface="eth0",state="backup"} 0"#,
@@ -240,6 +333,11 @@ async fn metrics_encode_the_report() {
         "# TYPE cplb_vrrp_packets_dropped_total counter",
         r#"cplb_vrrp_packets_dropped_total{vrid="51",interface="eth0",reason="ttl"} 2"#,
         r#"cplb_vrrp_packets_dropped_total{vrid="51",interface="eth0",reason="auth"} 5"#,
+        "# TYPE cplb_vrrp_socket_packets_received_total counter",
+        r#"cplb_vrrp_socket_packets_received_total{interface="eth0",family="ipv4",mode="multicast"} 1230"#,
+        "# TYPE cplb_vrrp_socket_packets_dropped_total counter",
+        r#"cplb_vrrp_socket_packets_dropped_total{interface="eth0",family="ipv4",mode="multicast",reason="bad_ttl"} 4"#,
+        r#"cplb_vrrp_socket_packets_dropped_total{interface="eth0",family="ipv4",mode="multicast",reason="unknown_vrid"} 2"#,
         "cplb_node_healthy 0",
         "cplb_node_effective_priority 50",
         "# TYPE cplb_backend_up gauge",
@@ -256,9 +354,15 @@ async fn metrics_encode_the_report() {
         r#"cplb_proxy_connect_errors_total{backend="192.0.2.13:6443",reason="timeout"} 1"#,
         r#"cplb_proxy_bytes_total{backend="192.0.2.11:6443",direction="to_backend"} 1000"#,
         r#"cplb_proxy_bytes_total{backend="192.0.2.11:6443",direction="from_backend"} 250000"#,
+        "cplb_proxy_refused_source_limit_total 6",
+        "cplb_proxy_no_backend_total 1",
+        "cplb_proxy_local_connect_errors_total 2",
         "# TYPE cplb_reconciler_updates_total counter",
         "cplb_reconciler_updates_total 7",
         "cplb_reconciler_watch_errors_total 2",
+        r#"cplb_reconciler_excluded_address{address="192.0.2.100",reason="configured"} 1"#,
+        "cplb_reconciler_exclusions_total 3",
+        "cplb_reconciler_kubeconfig_loaded 1",
         "# TYPE cplb_netfilter_rules_in_place gauge",
         "cplb_netfilter_rules_in_place 1",
     ] {
@@ -536,13 +640,16 @@ fn render_status_shows_the_key_facts() {
         "master 2001:db8::12",
         "VIPs 2001:db8::100/64,2001:db8::101/64",
         "adverts sent 1200  received 17  dropped 7 (ttl 2, auth 5)",
+        "Socket eth0 ipv4 multicast (VRID 51): received 1230  dropped 6 (bad_ttl 4, unknown_vrid 2)",
         "Node health: degraded (apiserver /readyz failed 3 times)  priority 200, 50 while degraded",
         "Proxy on 0.0.0.0:6444",
+        "  clients refused (per-source limit) 6  without a backend 1  local connect errors 2",
         "connection refused",
         "5 (refused 4, timeout 1)",
         "12ms",
         "0.4ms",
-        "Reconciler: 7 updates, 2 watch errors",
+        "Reconciler: kubeconfig loaded, 7 updates, 2 watch errors",
+        "  endpoint 192.0.2.100 excluded (configured)",
         "Netfilter (iptables): rules in place: yes",
         "  -A PREROUTING -d 192.0.2.100/32 -p tcp -m tcp --dport 6443 -j REDIRECT --to-ports 6444",
     ] {
@@ -621,4 +728,94 @@ fn render_status_handles_missing_parts() {
     assert!(squash(&text).contains("master unknown VIPs -"), "{text}");
     assert!(text.contains("rules in place: NO"), "{text}");
     assert!(text.contains("no backends"), "{text}");
+
+    // A kubeconfig that does not load: the cause, and the metric at 0.
+    let mut r = report();
+    if let Some(rec) = r.reconciler.as_mut() {
+        rec.kubeconfig = KubeconfigReport {
+            state: "failed".to_owned(),
+            error: Some("failed to load kubeconfig /x.conf: No such file".to_owned()),
+            failed_attempts: 4,
+        };
+    }
+    let text = admin::render_status(&r);
+    assert!(
+        text.contains(
+            "Reconciler: kubeconfig NOT loaded (4 attempts: failed to load kubeconfig /x.conf: No such file), 7 updates"
+        ),
+        "{text}"
+    );
+    let m = admin::encode_metrics(&r).unwrap();
+    assert_has(&m, "cplb_reconciler_kubeconfig_loaded 0");
+}
+
+/// `docs/metrics.md` lists exactly what `/metrics` serves: every metric
+/// with its type, labels and help, and each series once.
+#[tokio::test]
+async fn the_metrics_reference_matches_what_metrics_serves() {
+    let server = Server::start(Arc::new(report())).await;
+    let answer = request(server.addr, "GET", "/metrics").await;
+    assert_eq!(answer.status, 200);
+    let (mut served, duplicates) = exposition::parse(&answer.body);
+    assert!(duplicates.is_empty(), "{duplicates:?}");
+    // IPVS mode serves its own families instead of the proxy's.
+    let ipvs = Server::start(Arc::new(ipvs_report())).await;
+    let answer = request(ipvs.addr, "GET", "/metrics").await;
+    assert_eq!(answer.status, 200);
+    let (ipvs_served, duplicates) = exposition::parse(&answer.body);
+    assert!(duplicates.is_empty(), "{duplicates:?}");
+    assert!(
+        !ipvs_served.keys().any(|n| n.starts_with("cplb_proxy_")),
+        "{ipvs_served:?}"
+    );
+    served.extend(ipvs_served);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md");
+    let documented = exposition::documented(&std::fs::read_to_string(&path).unwrap());
+    assert!(served.len() >= 20, "{served:?}");
+    for (name, family) in &served {
+        assert_eq!(
+            documented.get(name),
+            Some(family),
+            "{name} in docs/metrics.md"
+        );
+    }
+    for name in documented.keys() {
+        assert!(
+            served.contains_key(name),
+            "{name} is documented but not served"
+        );
+    }
+}
+
+/// Issue 14, finding 10: a local process that holds connections open
+/// (idle, or sending its headers a little at a time) must not keep the
+/// kubelet's liveness probe from `/healthz`, nor `/readyz` from answering.
+#[tokio::test]
+async fn healthz_answers_while_idle_connections_hold_every_place() {
+    let server = Server::start(Arc::new(report())).await;
+    let mut holders = Vec::new();
+    for i in 0..3 * admin::MAX_CONNECTIONS {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        if i % 2 == 0 {
+            // Half a request, the rest never comes.
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+                .await
+                .unwrap();
+        }
+        holders.push(stream);
+    }
+    for path in ["/healthz", "/readyz", "/healthz"] {
+        let answer = request(server.addr, "GET", path).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+    }
+    // A holder that is still open was displaced (closed, EOF) or is still
+    // waiting; none got an answer to its half request.
+    let mut buf = [0u8; 64];
+    let first = holders.first_mut().unwrap();
+    let n = tokio::time::timeout(DEADLINE, first.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
 }

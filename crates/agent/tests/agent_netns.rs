@@ -6,7 +6,6 @@
 //! `iptables-save`, never from the agent's own logs.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -14,99 +13,30 @@ use std::time::{Duration, Instant};
 use cplb_e2e::{ChildId, Host, Lab, wait_until};
 use nix::sys::signal::Signal;
 
-const VIP: &str = "192.0.2.100";
+#[path = "support/exposition.rs"]
+mod exposition;
+// Shared with agent_robust, which also drains in the background.
+#[path = "support/notify.rs"]
+#[allow(dead_code)]
+mod notify;
+
+use notify::NotifySocket;
+
 const CPLB: &str = env!("CARGO_BIN_EXE_cplb");
 
 fn vip() -> IpAddr {
     VIP.parse().unwrap()
 }
 
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("cplb-agent-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A k0s document for one controller plus our section; `keepalived` is
-/// added to the `keepalived` block, `cplb` to our section.
-fn write_config_with(path: &Path, kubeconfig: &Path, keepalived: &str, cplb: &str) {
-    let text = format!(
-        "spec:
-  api:
-    port: 6443
-  network:
-    controlPlaneLoadBalancing:
-      enabled: true
-      type: Keepalived
-      keepalived:
-        vrrpInstances:
-          - virtualIPs: [\"{VIP}/24\"]
-            authPass: agentpw
-            interface: eth0
-        userSpaceProxyBindPort: 6444
-{keepalived}cplb:
-  kubeconfig: {}
-{cplb}",
-        kubeconfig.display()
-    );
-    std::fs::write(path, text).unwrap();
-}
+#[path = "support/agent_config.rs"]
+mod agent_config;
+#[path = "support/scratch.rs"]
+mod scratch;
+use agent_config::{VIP, write_config_with};
+use scratch::Scratch;
 
 fn write_config(path: &Path, kubeconfig: &Path, cplb: &str) {
     write_config_with(path, kubeconfig, "", cplb);
-}
-
-/// systemd's side of sd_notify: a datagram socket the agent writes to.
-struct NotifySocket {
-    socket: UnixDatagram,
-    path: PathBuf,
-}
-
-impl NotifySocket {
-    fn bind(path: PathBuf) -> NotifySocket {
-        let _ = std::fs::remove_file(&path);
-        let socket = UnixDatagram::bind(&path).unwrap();
-        NotifySocket { socket, path }
-    }
-
-    /// Waits (bounded) for a message containing `needle`.
-    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            self.socket
-                .set_read_timeout(Some(left.max(Duration::from_millis(10))))
-                .unwrap();
-            match self.socket.recv(&mut buf) {
-                Ok(n) => {
-                    if String::from_utf8_lossy(&buf[..n])
-                        .lines()
-                        .any(|l| l == needle)
-                    {
-                        return true;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-        false
-    }
 }
 
 /// Starts `cplb run` in `host`'s namespace, logging to `log`.
@@ -285,6 +215,17 @@ fn ready_only_once_rules_exist_and_sigterm_leaves_nothing_behind() {
             && report["ready"] == true
     })
     .unwrap();
+    // No kubeconfig: the reconciler says so, with the cause, and retries.
+    let out = lab.exec_in(&c1.netns, CPLB, ["status", "--json"]).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kubeconfig = &report["reconciler"]["kubeconfig"];
+    assert_eq!(kubeconfig["state"], "failed", "{report}");
+    assert!(
+        kubeconfig["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("missing.conf")),
+        "{report}"
+    );
     let text = lab.exec_in(&c1.netns, CPLB, ["status"]).unwrap();
     let text = String::from_utf8_lossy(&text.stdout).to_lowercase();
     assert!(text.contains("master") && text.contains(VIP), "{text}");
@@ -296,6 +237,18 @@ fn ready_only_once_rules_exist_and_sigterm_leaves_nothing_behind() {
         metrics.contains("cplb_vrrp_state{vrid=\"51\",interface=\"eth0\",state=\"master\"} 1"),
         "{metrics}"
     );
+    // What the real agent serves: each series once, each family as
+    // docs/metrics.md says.
+    let (served, duplicates) = exposition::parse(&metrics);
+    assert!(duplicates.is_empty(), "{duplicates:?}\n{metrics}");
+    let reference = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md"),
+    )
+    .unwrap();
+    let documented = exposition::documented(&reference);
+    for (name, family) in &served {
+        assert_eq!(documented.get(name), Some(family), "{name}");
+    }
 
     solo.stop(agent);
     assert!(solo.notify.wait_for("STOPPING=1", Duration::from_secs(1)));
@@ -545,22 +498,13 @@ fn disable_load_balancer_runs_vrrp_only() {
     assert!(!holds_vip(&solo.lab, &solo.c1));
 }
 
+/// No VRRP instance at all: k0s skips keepalived; cplb says why it cannot
+/// run (EX_CONFIG, which the unit's RestartPreventExitStatus does not
+/// restart) instead of waiting forever, and touches nothing. (IPVS mode on
+/// a kernel without ip_vs is `ipvs_host.rs`.)
 #[test]
-fn virtual_servers_are_refused_with_a_clear_error() {
-    let keepalived = format!("        virtualServers:\n          - ipAddress: {VIP}\n");
-    let solo = Solo::new("ipvs", &keepalived, "");
-    let (code, stderr) = solo.refused(&solo.config);
-    // EX_CONFIG: the unit's RestartPreventExitStatus stops restart loops.
-    assert_eq!(code, Some(78), "{stderr}");
-    assert!(stderr.contains("virtualServers"), "{stderr}");
-    assert_eq!(
-        redirect_rules(&solo.lab, &solo.c1.netns),
-        Vec::<String>::new()
-    );
-    assert!(!holds_vip(&solo.lab, &solo.c1));
-
-    // No VRRP instance at all: k0s skips keepalived; cplb says why it
-    // cannot run instead of waiting forever.
+fn no_vrrp_instance_is_refused_with_a_clear_error() {
+    let solo = Solo::new("noinst", "", "");
     let empty = solo.scratch.path("empty.yaml");
     std::fs::write(
         &empty,
@@ -570,6 +514,11 @@ fn virtual_servers_are_refused_with_a_clear_error() {
     let (code, stderr) = solo.refused(&empty);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("vrrpInstances"), "{stderr}");
+    assert_eq!(
+        redirect_rules(&solo.lab, &solo.c1.netns),
+        Vec::<String>::new()
+    );
+    assert!(!holds_vip(&solo.lab, &solo.c1));
 }
 
 #[test]
@@ -592,4 +541,106 @@ fn nftables_backend_installs_its_table_and_deletes_it_on_stop() {
         !String::from_utf8_lossy(&tables.stdout).contains("cplb"),
         "table left after stop"
     );
+}
+
+/// `curl`'s status code for `path` on the admin endpoint in `netns`
+/// (`000` when nothing answers).
+fn admin_status(lab: &Lab, netns: &str, path: &str) -> String {
+    let url = format!("http://127.0.0.1:9440{path}");
+    let out = lab
+        .exec_in(
+            netns,
+            "curl",
+            [
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "2",
+                &url,
+            ],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn boot_waits_for_a_missing_interface_and_address_then_becomes_master() {
+    // Issue 14 F5: at boot the interface may not exist yet, then exist
+    // without its address (DHCP, bonding, a network restart). That used to
+    // exit 78, which the unit's RestartPreventExitStatus=78 made final.
+    let mut lab = Lab::new().unwrap();
+    let c1 = lab.add_host("c1", None, None).unwrap();
+    let scratch = Scratch::new("bootwait");
+    let config = scratch.path("c1.yaml");
+    write_config(&config, &scratch.path("missing.conf"), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("interface: eth0", "interface: lan0")).unwrap();
+    let notify = NotifySocket::bind(scratch.path("notify.sock"));
+    let log = scratch.path("c1.log");
+    let agent = start_agent(&lab, &c1, &config, &log, Some(&notify.path));
+
+    // Waiting, not refused: alive, not ready, healthy, the reason logged.
+    wait_until("the wait to be logged", Duration::from_secs(20), || {
+        dump_log(&log).contains("interface lan0 not found")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", dump_log(&log)));
+    wait_until("/readyz to answer 503", Duration::from_secs(10), || {
+        admin_status(&lab, &c1.netns, "/readyz") == "503"
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", dump_log(&log)));
+    assert_eq!(admin_status(&lab, &c1.netns, "/healthz"), "200");
+
+    // The interface appears, without an address yet: still waiting, with
+    // the new reason.
+    let ip = |args: &[&str]| lab.ip(&c1.netns, args.iter().copied()).unwrap();
+    ip(&[
+        "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p",
+    ]);
+    ip(&["link", "set", "lan0p", "up"]);
+    ip(&["link", "set", "lan0", "up"]);
+    wait_until(
+        "the new reason to be logged",
+        Duration::from_secs(20),
+        || dump_log(&log).contains("interface lan0 has no IPv4 address"),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", dump_log(&log)));
+    assert_eq!(admin_status(&lab, &c1.netns, "/readyz"), "503");
+
+    // The address comes: the agent starts and, alone, becomes Master.
+    ip(&["addr", "add", "192.0.2.11/24", "dev", "lan0"]);
+    assert!(
+        notify.wait_for("READY=1", Duration::from_secs(30)),
+        "no READY=1: {}",
+        dump_log(&log)
+    );
+    wait_until(
+        "c1 to take the VIP on lan0",
+        Duration::from_secs(20),
+        || lab.has_address(&c1.netns, "lan0", vip()).unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", dump_log(&log)));
+    wait_until("/readyz to answer 200", Duration::from_secs(10), || {
+        admin_status(&lab, &c1.netns, "/readyz") == "200"
+    })
+    .unwrap();
+    // Each reason was logged once, not at every re-check.
+    let text = dump_log(&log);
+    assert_eq!(
+        text.matches("interface lan0 not found").count(),
+        1,
+        "{text}"
+    );
+
+    lab.signal(agent, Signal::SIGTERM).unwrap();
+    let out = lab.wait_child(agent, Duration::from_secs(30)).unwrap();
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        dump_log(&log)
+    );
+    assert!(!lab.has_address(&c1.netns, "lan0", vip()).unwrap());
 }

@@ -16,6 +16,10 @@ use std::path::PathBuf;
 use cplb::config::{self, ConfigError, Host};
 use serde_json::{Value, json};
 
+#[path = "support/markdown.rs"]
+mod markdown;
+use markdown::yaml_blocks;
+
 const PROBE: &str = "cplbDocsProbe";
 
 /// A machine with `eth0` on the default route, so examples that leave
@@ -73,9 +77,10 @@ fn document(path: &[Step], leaf: Value) -> Value {
 fn accepted_keys(path: &[Step]) -> Option<BTreeSet<String>> {
     // JSON is YAML: the parser reads it as written.
     let text = document(path, json!({ PROBE: 1 })).to_string();
-    let Err(ConfigError::Syntax(message)) = config::parse(&text, &FakeHost) else {
+    let Err(ConfigError::Syntax(problem)) = config::parse(&text, &FakeHost) else {
         return None;
     };
+    let message = problem.message;
     // serde-saphyr: "unknown field `x`, expected one of a, b, c" (plain
     // serde puts each name in backticks; accept both).
     let marker = format!("unknown field `{PROBE}`, expected ");
@@ -244,8 +249,9 @@ spec:
         configTemplateVRRP: ""
         configTemplateVS: ""
 cplb:
-  vrrpVersion: 2
+  vrrpVersion: 3
   priority: 200
+  advertInterval: 1s
   adminAddress: "127.0.0.1:9440"
   netfilter: iptables
   outputRule: true
@@ -288,26 +294,6 @@ fn the_full_example_sets_every_key_the_parser_accepts() {
     assert!(missing.is_empty(), "add to EVERYTHING: {missing:?}");
 }
 
-fn yaml_blocks(markdown: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in markdown.lines() {
-        match &mut current {
-            None if line.trim_start() == "```yaml" => current = Some(String::new()),
-            Some(block) if line.trim_start() == "```" => {
-                blocks.push(std::mem::take(block));
-                current = None;
-            }
-            Some(block) => {
-                block.push_str(line);
-                block.push('\n');
-            }
-            None => {}
-        }
-    }
-    blocks
-}
-
 #[test]
 fn every_yaml_example_in_the_docs_is_a_valid_configuration() {
     let mut checked = 0;
@@ -315,6 +301,7 @@ fn every_yaml_example_in_the_docs_is_a_valid_configuration() {
         "docs/configuration.md",
         "docs/migration-from-k0s.md",
         "docs/troubleshooting.md",
+        "docs/ipvs.md",
     ] {
         for (i, block) in yaml_blocks(&repo_file(file)).iter().enumerate() {
             if let Err(e) = config::parse(block, &FakeHost) {
@@ -415,6 +402,7 @@ fn the_deb_assets_exist() {
         "../../packaging/config.yaml",
         "../../README.md",
         "../../packaging",
+        "../../deploy/rbac.yaml",
     ] {
         assert!(
             manifest.contains(&format!("\"{asset}")),

@@ -52,9 +52,8 @@ impl Cluster {
             self.lan.run_for(Duration::from_secs(1));
             let now = self.lan.now();
             for node in 0..self.trackers.len() {
-                if let Some(change) =
-                    self.trackers[node].observe(now, healthy(node, second), "test")
-                {
+                // The agent's own glue: one step per tick.
+                if let Some(change) = self.trackers[node].step(now, healthy(node, second), "test") {
                     self.lan.set_priority(node, change.priority);
                 }
             }

@@ -457,6 +457,10 @@ impl Report {
              | fault on the VIP holder | keepalived+HAProxy | cplb | cplb / keepalived+HAProxy |\n|---|---|---|---|\n",
             self.reps
         );
+        // Which keepalived ran: k0s's 2.4.3 where scripts/setup built it.
+        if let Ok(k) = cplb_e2e::keepalived::binary() {
+            out = format!("keepalived: {} ({}).\n\n{out}", k.version, k.path.display());
+        }
         for &fault in &self.faults {
             let k = median(&self.column(fault, Stack::Keepalived, |s| s.outage));
             let c = median(&self.column(fault, Stack::Cplb, |s| s.outage));

@@ -78,8 +78,7 @@ fn remove(namespaces: Vec<String>, grace: Duration) -> Vec<String> {
     stop(&namespaces, grace);
     let mut removed = Vec::new();
     for netns in namespaces {
-        let status = Command::new("ip").args(["netns", "del", &netns]).status();
-        if status.is_ok_and(|s| s.success()) {
+        if cplb_e2e::delete_netns(&netns).is_ok() {
             removed.push(netns);
         }
     }

@@ -8,7 +8,7 @@
 //! `cplb` binary. It hands out kubeconfigs, reads from the kernel who holds
 //! the VIP and which NAT rules exist, probes the API through the VIP from the
 //! client, and tears everything down on drop. The demo (`cplb-lab demo`),
-//! the end-to-end tests in `tests/` and the benchmarks use it.
+//! the end-to-end tests in `tests/`, the benchmarks and the soak use it.
 
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +25,7 @@ pub mod bench;
 pub mod clean;
 pub mod demo;
 pub mod probe;
+pub mod soak;
 
 pub use probe::{Answer, ProbeError, Prober};
 

@@ -1,5 +1,5 @@
 //! `cplb-lab`: the three-controller demo, the whole-agent failover
-//! benchmark, and cleaning up after them.
+//! benchmark, the soak, and cleaning up after them.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use cplb_lab::bench::{self, BENCH_PREFIX, BenchOptions, Fault};
 use cplb_lab::demo::{self, DemoOptions};
+use cplb_lab::soak::{self, SOAK_PREFIX, SoakFault, SoakOptions};
 use cplb_lab::{DEMO_PREFIX, Family, clean};
 
 /// A three-controller cplb lab in network namespaces (run as root).
@@ -46,6 +47,27 @@ enum Command {
         /// Print every sample as JSON after the table.
         #[arg(long)]
         json: bool,
+    },
+    /// The soak: the lab with `cplb run --supervise` on every controller, a
+    /// random fault every interval and HTTPS probes through the VIP all
+    /// along; a table per fault and the end-of-run invariants. Exits
+    /// non-zero if an invariant broke or an outage exceeded its bound.
+    Soak {
+        /// How long to inject faults: `1h`, `30m`, `180s` or seconds.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        duration: Duration,
+        /// One fault per interval (same syntax).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        interval: Duration,
+        /// The random generator's seed (printed; replays the fault sequence).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Comma-separated fault kinds to draw from.
+        #[arg(
+            long,
+            default_value = "link-down,sigkill,sigterm,stop-cont,apiserver-down,partition,rule-deleted,vip-deleted,flood"
+        )]
+        faults: String,
     },
     /// Remove the demo lab (namespaces, processes, files), and the labs of
     /// test runs that were killed before they could clean up.
@@ -100,13 +122,48 @@ fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Soak {
+            duration,
+            interval,
+            seed,
+            faults,
+        } => {
+            anyhow::ensure!(
+                interval >= Duration::from_secs(15),
+                "--interval must be at least 15s (the longest fault lasts 10 s)"
+            );
+            let faults = SoakFault::parse_list(&faults)?;
+            anyhow::ensure!(!faults.is_empty(), "--faults is empty");
+            let stale = cplb_e2e::list_netns(SOAK_PREFIX)?;
+            anyhow::ensure!(
+                stale.is_empty(),
+                "network namespaces of an earlier soak still exist ({}); remove them with `cplb-lab clean`",
+                stale.join(", ")
+            );
+            on_interrupt_clean_up(SOAK_PREFIX)?;
+            let seed = seed.unwrap_or_else(soak::random_seed);
+            println!("soak: seed {seed}");
+            let report = soak::run(&SoakOptions {
+                duration,
+                interval,
+                seed,
+                faults,
+                ..SoakOptions::default()
+            })
+            .context("soak failed")?;
+            println!("{}", report.markdown());
+            let broken = report.violations(soak::FD_SLACK).len() + report.unbounded().len();
+            anyhow::ensure!(broken == 0, "{broken} invariant(s) broken (seed {seed})");
+            Ok(())
+        }
         Command::Clean => {
             let mut removed = clean::clean(DEMO_PREFIX, Duration::from_secs(5))?;
             removed.extend(clean::clean(BENCH_PREFIX, Duration::from_secs(5))?);
+            removed.extend(clean::clean(SOAK_PREFIX, Duration::from_secs(5))?);
             removed.extend(clean::clean_stale_tests(Duration::from_secs(5))?);
             if removed.is_empty() {
                 println!(
-                    "no demo lab ({DEMO_PREFIX}*), no benchmark lab ({BENCH_PREFIX}*) and no stale test lab found"
+                    "no demo lab ({DEMO_PREFIX}*), no benchmark lab ({BENCH_PREFIX}*), no soak lab ({SOAK_PREFIX}*) and no stale test lab found"
                 );
             } else {
                 println!("removed {}", removed.join(", "));
@@ -114,6 +171,25 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `1h`, `30m`, `90s` or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}: use e.g. 1h, 30m, 180s"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("bad duration unit in {text:?}: s, m or h")),
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 /// Ctrl-C or SIGTERM: remove the lab named `prefix*` (its processes,

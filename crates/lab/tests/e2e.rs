@@ -457,7 +457,24 @@ fn a_lab_refuses_a_prefix_in_use_and_clean_removes_it_with_its_processes() {
             && err.to_string().contains("cplb-lab clean"),
         "{err}"
     );
+    // A keepalived of the host's own (a decoy: `sleep` under that name)
+    // must survive the clean-up, which stops only what runs inside the
+    // lab's namespaces (issue 14, item 15).
+    let decoy_bin = lab.dir().with_extension("decoy-keepalived");
+    std::fs::create_dir_all(&decoy_bin).unwrap();
+    std::fs::copy("/bin/sleep", decoy_bin.join("keepalived")).unwrap();
+    let mut decoy = std::process::Command::new(decoy_bin.join("keepalived"))
+        .arg("600")
+        .spawn()
+        .unwrap();
     let removed = cplb_lab::clean::clean(&prefix, Duration::from_secs(5)).unwrap();
+    let stale = cplb_lab::clean::clean_stale_tests(Duration::from_secs(5));
+    let survived = matches!(decoy.try_wait(), Ok(None));
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    let _ = std::fs::remove_dir_all(&decoy_bin);
+    assert!(survived, "cplb-lab clean killed the host's keepalived");
+    stale.unwrap();
     assert_eq!(
         removed.len(),
         5,

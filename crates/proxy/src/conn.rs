@@ -68,28 +68,41 @@ async fn connect_one(
     }
 }
 
+/// Why no backend could be connected: `local` when the last attempt failed
+/// for lack of this host's resources rather than the backend's fault.
+struct NoBackend {
+    local: bool,
+}
+
 async fn connect(
     shared: &Shared,
     peer: SocketAddr,
     early: Option<&[u8]>,
-) -> Option<(TcpStream, SocketAddr, usize)> {
+) -> Result<(TcpStream, SocketAddr, usize), NoBackend> {
     let timeout = shared.config.connect_timeout;
+    let mut local = false;
     for addr in shared.candidates() {
         let attempt = connect_one(addr, shared.config.keepalive, early);
-        let reason = match shared.connect_clock.timeout(timeout, attempt).await {
+        let error = match shared.connect_clock.timeout(timeout, attempt).await {
             Ok((stream, sent)) => {
                 shared.connect_succeeded(addr);
-                return Some((stream, addr, sent));
+                return Ok((stream, addr, sent));
             }
-            Err(e) => {
-                debug!(component = "proxy", %peer, backend = %addr, error = %e, "failed to connect to backend");
-                ConnectErrorReason::from_io(&e)
-            }
+            Err(e) => e,
         };
+        debug!(component = "proxy", %peer, backend = %addr, %error, "failed to connect to backend");
+        let reason = ConnectErrorReason::from_io(&error);
+        local = !reason.is_backend_fault();
+        if local {
+            // Out of descriptors or local ports: the next backend may still
+            // work (ports are per destination), and this one is not to blame.
+            shared.local_connect_error(addr, &error);
+            continue;
+        }
         shared.counters(addr).connect_error(reason);
         shared.connect_failed(addr, reason.as_str());
     }
-    None
+    Err(NoBackend { local })
 }
 
 /// A connected backend, with the client's early bytes not yet sent to it.
@@ -117,9 +130,12 @@ async fn start(shared: &Shared, client: &Socket, peer: SocketAddr) -> Option<Sta
     } else {
         None
     };
-    let Some((backend, addr, early_sent)) = connect(shared, peer, early.as_deref()).await else {
-        warn!(component = "proxy", %peer, "no backend reachable, closing client connection");
-        return None;
+    let (backend, addr, early_sent) = match connect(shared, peer, early.as_deref()).await {
+        Ok(connected) => connected,
+        Err(NoBackend { local }) => {
+            shared.no_backend(peer, local);
+            return None;
+        }
     };
     let early_rest = early
         .filter(|early| early_sent < early.len())
@@ -133,6 +149,13 @@ async fn start(shared: &Shared, client: &Socket, peer: SocketAddr) -> Option<Sta
         early_sent,
         early_rest,
     })
+}
+
+/// Refuses a client at once: a reset (zero linger), so that the client
+/// fails fast and no TIME_WAIT state stays on this host.
+pub(crate) fn refuse(client: Socket) {
+    let _ = client.set_linger(Some(Duration::ZERO));
+    drop(client);
 }
 
 pub(crate) async fn handle(shared: Arc<Shared>, client: Socket, peer: SocketAddr) {

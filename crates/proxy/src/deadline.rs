@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::shared::now;
+use crate::clock::now;
 
 #[derive(Debug)]
 pub(crate) struct ConnectClock {

@@ -24,11 +24,13 @@
 #![warn(missing_docs)]
 
 pub mod backends;
+mod clock;
 mod conn;
 mod copy;
 mod deadline;
 mod error;
 mod listener;
+mod logs;
 mod shared;
 pub mod stats;
 
@@ -39,7 +41,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ProxyError;
-pub use stats::{BackendStats, ConnectErrorReason};
+pub use stats::{BackendStats, ConnectErrorReason, ProxyStats};
 
 use crate::backends::BackendSet;
 use crate::shared::Shared;
@@ -84,6 +86,20 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Maximum concurrent client connections; more wait in the accept queue.
     pub max_connections: usize,
+    /// Maximum concurrent client connections from one source (an IPv4
+    /// address or an IPv6 /64); more are refused at once with a reset and
+    /// counted in [`ProxyStats::refused_source_limit`]. `0` disables the
+    /// limit.
+    ///
+    /// Default: a quarter of the default `max_connections` (4096), so one
+    /// host can never take every slot, and it takes four to do so. Local
+    /// clients count too: with the OUTPUT rule, every process on this node
+    /// that talks to VIP:6443 (kubelet, kube-proxy, the CNI, konnectivity)
+    /// arrives from one local address (the VIP on the master, the node's
+    /// address elsewhere), so they share one budget. They need tens of
+    /// connections (kubelet multiplexes its watches over HTTP/2), far below
+    /// 4096; a node whose local clients need more must raise it.
+    pub max_connections_per_source: usize,
     /// Listen backlog.
     pub backlog: u32,
     /// Copy implementation.
@@ -111,6 +127,7 @@ impl ProxyConfig {
             keepalive: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
             max_connections: 16_384,
+            max_connections_per_source: 4096,
             backlog: 4096,
             data_path: DataPath::default(),
             smart_connect: true,
@@ -119,12 +136,17 @@ impl ProxyConfig {
 
     /// Defaults with the local apiserver as the only bootstrap backend:
     /// `127.0.0.1:<api_port>`, or `[::1]:<api_port>` on IPv6-only hosts.
+    ///
+    /// This probes the host (see [`local_apiserver`]); to keep
+    /// configuration pure, call that once and pass its answer to
+    /// [`ProxyConfig::new`] instead. Kept as a shorthand.
     pub fn with_local_apiserver(api_port: u16) -> Self {
         Self::new(vec![local_apiserver(api_port)])
     }
 }
 
-/// The local apiserver address: IPv4 loopback when the host has it, else `[::1]`.
+/// The local apiserver address: IPv4 loopback when the host has it, else
+/// `[::1]`. Probes the host (binds a UDP socket to `127.0.0.1:0`).
 pub fn local_apiserver(api_port: u16) -> SocketAddr {
     let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
     let ip = if std::net::UdpSocket::bind(v4).is_ok() {
@@ -181,6 +203,11 @@ impl Proxy {
     /// Counters of every backend seen so far, sorted by address.
     pub fn stats(&self) -> Vec<BackendStats> {
         self.shared.stats()
+    }
+
+    /// Counters of the proxy as a whole.
+    pub fn proxy_stats(&self) -> ProxyStats {
+        self.shared.proxy_stats()
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
@@ -300,5 +327,17 @@ impl BackendsHandle {
     /// Counters of every backend seen so far, sorted by address.
     pub fn stats(&self) -> Vec<BackendStats> {
         self.shared.stats()
+    }
+
+    /// Counters of the proxy as a whole (refused sources, clients without
+    /// a backend, local connect failures).
+    pub fn proxy_stats(&self) -> ProxyStats {
+        self.shared.proxy_stats()
+    }
+
+    /// Backends of the current set that new connections skip (try last)
+    /// because a connect to them failed within the passive-health window.
+    pub fn skipped(&self) -> Vec<SocketAddr> {
+        self.shared.skipped()
     }
 }

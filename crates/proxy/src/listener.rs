@@ -140,9 +140,14 @@ pub(crate) async fn serve(listener: Listener, shared: Arc<Shared>, shutdown: Can
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                let Some(source) = shared.admit(peer) else {
+                    conn::refuse(stream);
+                    continue;
+                };
                 let shared = Arc::clone(&shared);
                 tracker.spawn(async move {
                     conn::handle(shared, stream, peer).await;
+                    drop(source);
                     drop(permit);
                 });
             }

@@ -757,3 +757,158 @@ async fn response_followed_by_reset_is_still_delivered() {
     }
     server.await.unwrap();
 }
+
+/// A client connected to `addr` from the loopback address `source`.
+async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    timeout(DEADLINE, socket.connect(addr))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn per_source_limit_refuses_the_excess_and_serves_other_sources() {
+    init_tracing();
+    let backend = EchoBackend::start(1).await;
+    let mut cfg = config(vec![backend.addr]);
+    cfg.max_connections_per_source = 3;
+    let proxy = start(cfg).await;
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect_from("127.0.0.2", proxy.addr).await;
+        assert_eq!(read_greeting(&mut stream).await, 1);
+        held.push(stream);
+    }
+    // The fourth from the same source is closed at once, unserved.
+    let mut excess = connect_from("127.0.0.2", proxy.addr).await;
+    assert!(read_until_closed(&mut excess).await.is_empty());
+    wait_for(|| proxy.handle.proxy_stats().refused_source_limit == 1).await;
+
+    // Another source is still served meanwhile.
+    let mut other = connect_from("127.0.0.3", proxy.addr).await;
+    assert_eq!(read_greeting(&mut other).await, 1);
+    let stats = proxy.handle.proxy_stats();
+    assert_eq!(stats.sources_active, 2, "{stats:?}");
+    assert_eq!(stats.connections_active, 4, "{stats:?}");
+
+    // A connection of the full source ends: it is served again.
+    drop(held.pop());
+    wait_for(|| proxy.handle.proxy_stats().connections_active == 3).await;
+    let mut again = connect_from("127.0.0.2", proxy.addr).await;
+    assert_eq!(read_greeting(&mut again).await, 1);
+
+    let stats = proxy.handle.proxy_stats();
+    assert_eq!(stats.refused_source_limit, 1, "{stats:?}");
+    assert_eq!(stats.accepted, 6, "{stats:?}");
+    assert_eq!(stats.no_backend, 0, "{stats:?}");
+    // The refusal is not the backend's business.
+    assert_eq!(proxy.handle.stats()[0].connect_errors_total(), 0);
+}
+
+/// Set in the child process that [`local_fd_exhaustion_is_not_a_backend_failure`]
+/// starts, so that lowering its descriptor limit affects no other test.
+const FD_CHILD_ENV: &str = "CPLB_PROXY_TEST_FD_CHILD";
+
+/// With the descriptor limit reached, the proxy can accept a client but not
+/// open a socket to any backend (EMFILE): that is reported as local, and
+/// neither backend is blamed or skipped afterwards. A real RLIMIT_NOFILE in
+/// a child process (the limit is per process).
+#[test]
+fn local_fd_exhaustion_is_not_a_backend_failure() {
+    if std::env::var_os(FD_CHILD_ENV).is_some() {
+        fd_exhaustion_child();
+        return;
+    }
+    let name = "local_fd_exhaustion_is_not_a_backend_failure";
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(FD_CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 passed"),
+        "the child did not run the test:\n{stdout}\n{stderr}"
+    );
+}
+
+fn fd_exhaustion_child() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let one = EchoBackend::start(1).await;
+        let two = EchoBackend::start(2).await;
+        let proxy = start(config(vec![one.addr, two.addr])).await;
+        // One connection served end to end first, and held: every task
+        // (the proxy's accept loop, both backends) has been polled and has
+        // opened what it opens lazily, and no descriptor of this connection
+        // is closed late while the limit below is being measured.
+        let mut warm = TcpStream::connect(proxy.addr).await.unwrap();
+        read_greeting(&mut warm).await;
+
+        // Only descriptor numbers below the limit can be allocated: set it
+        // two above the highest one open, fill every hole and those two,
+        // then free two fillers: one for the client, one for the proxy's
+        // accept. (With the limit just above the highest, a table with no
+        // hole left a single filler to free: the flake CI hit.)
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let highest = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, highest + 3, hard).unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..highest + 3 {
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => fillers.push(file),
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+                Err(e) => panic!("unexpected error filling descriptors: {e}"),
+            }
+        }
+        assert!(
+            std::fs::File::open("/dev/null").is_err(),
+            "limit not reached"
+        );
+        assert!(fillers.len() >= 2, "only {} fillers", fillers.len());
+        fillers.truncate(fillers.len() - 2);
+
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        let unserved = read_until_closed(&mut client).await;
+        drop(client);
+        drop(fillers);
+        drop(warm);
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        assert!(unserved.is_empty());
+
+        let stats = proxy.handle.proxy_stats();
+        assert_eq!(stats.no_backend, 1, "{stats:?}");
+        assert_eq!(stats.local_connect_errors, 2, "both tried: {stats:?}");
+        assert_eq!(
+            proxy.handle.skipped(),
+            Vec::<SocketAddr>::new(),
+            "a local failure put a backend in the skip window"
+        );
+        for backend in proxy.handle.stats() {
+            assert_eq!(backend.connect_errors_total(), 0, "{backend:?}");
+        }
+        // Both backends serve again, in turn.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+            seen.insert(read_greeting(&mut stream).await);
+        }
+        assert_eq!(seen, [1, 2].into());
+    });
+}

@@ -36,12 +36,24 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! When the kubeconfig may not exist yet (k0s writes it after starting
+//! cplb), build with [`Reconciler::new_retrying`] instead: `run` then loads
+//! it itself, retrying every [`ReconcilerConfig::kubeconfig_retry`] and
+//! publishing nothing meanwhile; [`Reconciler::subscribe_status`] says why
+//! it is still waiting.
+//!
+//! Endpoint addresses that must never become backends (the VIPs, loopback,
+//! unspecified, multicast, link-local, broadcast; see
+//! [`endpoints::exclusion`]) are dropped before health checking, logged once
+//! each and listed in [`ReconcilerStatus::excluded`].
+#![warn(missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::client::ConfigExt;
@@ -60,6 +72,7 @@ mod probe;
 pub mod publish;
 mod watch;
 
+pub use endpoints::ExclusionReason;
 pub use error::Error;
 pub use health::{Health, Thresholds};
 pub use probe::ProbeError;
@@ -100,6 +113,23 @@ pub struct ReconcilerConfig {
     pub timeout: Duration,
     /// Consecutive results needed to flip a backend's state.
     pub thresholds: Thresholds,
+    /// Addresses never used as backends even when the endpoints list them:
+    /// the VIPs (with cplb's OUTPUT rule a VIP backend makes the proxy
+    /// connect to itself). Unspecified, loopback, multicast, link-local and
+    /// broadcast addresses are always excluded.
+    pub excluded_addresses: BTreeSet<IpAddr>,
+    /// Accept loopback endpoint addresses. Only for tests and single-host
+    /// labs whose apiservers listen on `127.0.0.0/8`: on a real node a
+    /// loopback backend is this node, whatever the endpoints meant.
+    pub allow_loopback: bool,
+    /// With [`Reconciler::new_retrying`]: time between two attempts to load
+    /// a missing or broken kubeconfig.
+    pub kubeconfig_retry: Duration,
+    /// At most this many addresses are health-checked and used (one checker
+    /// task each); the rest are skipped, logged and counted in
+    /// [`ReconcilerStatus::skipped`]. Addresses already checked keep their
+    /// place; new ones are taken in address order.
+    pub max_backends: usize,
 }
 
 impl Default for ReconcilerConfig {
@@ -112,6 +142,10 @@ impl Default for ReconcilerConfig {
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(800),
             thresholds: Thresholds::default(),
+            excluded_addresses: BTreeSet::new(),
+            allow_loopback: false,
+            kubeconfig_retry: Duration::from_secs(5),
+            max_backends: 64,
         }
     }
 }
@@ -129,6 +163,12 @@ impl ReconcilerConfig {
         }
         if self.timeout >= self.interval {
             return Err(Error::Config("timeout must be shorter than interval"));
+        }
+        if self.kubeconfig_retry.is_zero() {
+            return Err(Error::Config("kubeconfig_retry must be positive"));
+        }
+        if self.max_backends == 0 {
+            return Err(Error::Config("max_backends must be positive"));
         }
         Ok(())
     }
@@ -154,6 +194,44 @@ pub struct BackendStatus {
 /// Every known backend's health, keyed by address.
 pub type HealthSnapshot = BTreeMap<IpAddr, BackendStatus>;
 
+/// Where the kubeconfig stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum KubeconfigStatus {
+    /// Not tried yet.
+    #[default]
+    Pending,
+    /// Loaded; the watch and the health checks run.
+    Loaded,
+    /// The latest attempt failed; retried every `kubeconfig_retry`.
+    Failed {
+        /// Why, with its cause (a YAML error only by position: its text
+        /// may quote the file, a private key if the path is wrong).
+        error: String,
+        /// Failed attempts so far.
+        attempts: u64,
+    },
+}
+
+/// The reconciler's own state, for metrics and status output. Published on
+/// every change through [`Reconciler::subscribe_status`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReconcilerStatus {
+    /// Whether the kubeconfig has loaded, or why not.
+    pub kubeconfig: KubeconfigStatus,
+    /// Failed watch or discovery requests since start (each is retried).
+    pub watch_errors: u64,
+    /// Endpoint addresses currently excluded, with the reason, sorted.
+    pub excluded: Vec<(IpAddr, ExclusionReason)>,
+    /// Exclusions since start: each address counts once per appearance in
+    /// the endpoints.
+    pub excluded_total: u64,
+    /// Addresses currently skipped because of
+    /// [`ReconcilerConfig::max_backends`], sorted.
+    pub skipped: Vec<IpAddr>,
+    /// Health-checker tasks the reconciler has started and not yet stopped.
+    pub checkers: usize,
+}
+
 /// One probe outcome, sent by a checker task to the reconciler loop.
 struct Report {
     ip: IpAddr,
@@ -166,6 +244,10 @@ struct Report {
 /// The reconciler loop's state; owned by that one task, so no lock exists.
 struct LoopState {
     checkers: BTreeMap<IpAddr, Checker>,
+    /// Addresses excluded by the latest endpoint list (logged when they appear).
+    excluded: BTreeMap<IpAddr, ExclusionReason>,
+    /// Addresses over `max_backends` in the latest list (logged when they appear).
+    skipped: BTreeSet<IpAddr>,
     next_checker_id: u64,
     last_decision: Option<std::mem::Discriminant<Decision>>,
     reports: mpsc::UnboundedSender<Report>,
@@ -178,24 +260,75 @@ struct Checker {
     last_latency: Option<Duration>,
 }
 
-/// The reconciler. Build it with [`Reconciler::new`], take receivers with
+/// What the kubeconfig gives: the API client and the health probe.
+#[derive(Clone)]
+struct Connection {
+    client: kube::Client,
+    probe: HttpsProbe,
+}
+
+/// The reconciler. Build it with [`Reconciler::new`] (or
+/// [`Reconciler::new_retrying`]), take receivers with
 /// [`Reconciler::subscribe`], then drive it with [`Reconciler::run`].
 pub struct Reconciler {
     config: ReconcilerConfig,
-    client: kube::Client,
-    probe: HttpsProbe,
+    /// Set by `new`, or by `run` once the kubeconfig has loaded.
+    connection: Mutex<Option<Connection>>,
     publisher: Publisher,
     health: Sender<HealthSnapshot>,
+    status: Arc<Sender<ReconcilerStatus>>,
     checkers: TaskTracker,
     watchers: TaskTracker,
     watch_errors: Arc<AtomicU64>,
+}
+
+/// Counts failed watch and discovery requests, publishing each in the status.
+#[derive(Clone)]
+pub(crate) struct WatchErrors {
+    count: Arc<AtomicU64>,
+    status: Arc<Sender<ReconcilerStatus>>,
+}
+
+impl WatchErrors {
+    pub(crate) fn record(&self) {
+        let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        self.status
+            .send_modify(|status| status.watch_errors = count);
+    }
+}
+
+/// `error` and its cause on one line, for logs and status. A YAML error is
+/// reduced to its position: its message may quote the file, and a
+/// kubeconfig path pointing at a private key must not put the key in logs.
+fn describe(error: &Error) -> String {
+    use std::error::Error as _;
+    if let Error::Kubeconfig {
+        path,
+        source: kube::config::KubeconfigError::Parse(parse),
+    } = error
+    {
+        let at = parse
+            .location()
+            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        return format!(
+            "failed to load kubeconfig {}: not a valid kubeconfig YAML file{at} \
+             (details not shown, they may quote the file)",
+            path.display()
+        );
+    }
+    let mut text = error.to_string();
+    if let Some(source) = error.source() {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+    }
+    text
 }
 
 impl std::fmt::Debug for Reconciler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reconciler")
             .field("config", &self.config)
-            .field("probe", &self.probe)
             .field("active_checkers", &self.checkers.len())
             .finish_non_exhaustive()
     }
@@ -205,7 +338,43 @@ impl Reconciler {
     /// Loads the kubeconfig and builds the client and the health-check TLS
     /// configuration. Must be called inside a tokio runtime.
     pub async fn new(config: ReconcilerConfig) -> Result<Self, Error> {
+        let reconciler = Self::new_retrying(config)?;
+        let connection = reconciler.load().await?;
+        reconciler.status.send_modify(|status| {
+            status.kubeconfig = KubeconfigStatus::Loaded;
+        });
+        *reconciler.lock_connection() = Some(connection);
+        Ok(reconciler)
+    }
+
+    /// Checks the configuration only; [`Reconciler::run`] loads the
+    /// kubeconfig, retrying every `kubeconfig_retry` while it is missing or
+    /// broken (each failure logged with its cause and shown in
+    /// [`ReconcilerStatus::kubeconfig`]) and publishing nothing meanwhile.
+    /// The error is a configuration that can never work.
+    pub fn new_retrying(config: ReconcilerConfig) -> Result<Self, Error> {
         config.validate()?;
+        let status = Arc::new(Sender::new(ReconcilerStatus::default()));
+        Ok(Self {
+            config,
+            connection: Mutex::new(None),
+            publisher: Publisher::new(),
+            health: Sender::new(HealthSnapshot::new()),
+            status,
+            checkers: TaskTracker::new(),
+            watchers: TaskTracker::new(),
+            watch_errors: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn lock_connection(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
+        // Only ever replaced whole: a poisoned lock holds consistent data.
+        self.connection.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the kubeconfig and builds the client and the probe.
+    async fn load(&self) -> Result<Connection, Error> {
+        let config = &self.config;
         // The workspace builds rustls with ring only; make it the process
         // default explicitly (an error just means one is installed already).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -237,16 +406,59 @@ impl Reconciler {
             server_name,
         );
         let client = kube::Client::try_from(kube_config).map_err(Error::Client)?;
-        Ok(Self {
-            config,
-            client,
-            probe,
-            publisher: Publisher::new(),
-            health: Sender::new(HealthSnapshot::new()),
-            checkers: TaskTracker::new(),
-            watchers: TaskTracker::new(),
-            watch_errors: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(Connection { client, probe })
+    }
+
+    /// The connection from `new` or an earlier run, else the kubeconfig
+    /// loaded now, retried until it loads. `None` means cancelled.
+    async fn connect(&self, cancel: &CancellationToken) -> Option<Connection> {
+        if let Some(connection) = self.lock_connection().clone() {
+            return Some(connection);
+        }
+        let retry = self.config.kubeconfig_retry;
+        let mut attempts = 0u64;
+        let mut last_error = String::new();
+        loop {
+            let loaded = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return None,
+                loaded = self.load() => loaded,
+            };
+            match loaded {
+                Ok(connection) => {
+                    info!(kubeconfig = %self.config.kubeconfig.display(), attempts,
+                        "kubeconfig loaded");
+                    *self.lock_connection() = Some(connection.clone());
+                    self.status
+                        .send_modify(|status| status.kubeconfig = KubeconfigStatus::Loaded);
+                    return Some(connection);
+                }
+                Err(error) => {
+                    attempts += 1;
+                    let error = describe(&error);
+                    // Once per distinct cause: a kubeconfig k0s has not
+                    // written yet fails the same way for a while.
+                    if error == last_error {
+                        debug!(%error, attempts, "kubeconfig still not loadable");
+                    } else {
+                        warn!(%error, retry_in = ?retry,
+                            "cannot load the kubeconfig; publishing no backends until it loads");
+                    }
+                    self.status.send_modify(|status| {
+                        status.kubeconfig = KubeconfigStatus::Failed {
+                            error: error.clone(),
+                            attempts,
+                        };
+                    });
+                    last_error = error;
+                }
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep(retry) => {}
+            }
+        }
     }
 
     /// Receives the published backend set. It starts empty; the first change
@@ -258,6 +470,17 @@ impl Reconciler {
     /// Receives per-backend health after every check.
     pub fn subscribe_health(&self) -> Receiver<HealthSnapshot> {
         self.health.subscribe()
+    }
+
+    /// Receives the reconciler's own state (kubeconfig, exclusions, watch
+    /// errors, checkers) after every change.
+    pub fn subscribe_status(&self) -> Receiver<ReconcilerStatus> {
+        self.status.subscribe()
+    }
+
+    /// The reconciler's own state now.
+    pub fn status(&self) -> ReconcilerStatus {
+        self.status.borrow().clone()
     }
 
     /// Failed watch or discovery requests since start (each is retried).
@@ -278,14 +501,20 @@ impl Reconciler {
     }
 
     async fn run_inner(&self, cancel: CancellationToken) {
+        let Some(Connection { client, probe }) = self.connect(&cancel).await else {
+            info!("reconciler stopped before its kubeconfig loaded");
+            return;
+        };
         self.checkers.reopen();
         self.watchers.reopen();
         let (known_tx, mut known_rx) = tokio::sync::watch::channel(None::<BTreeSet<IpAddr>>);
         let watch_cancel = cancel.child_token();
-        let client = self.client.clone();
         let source = self.config.source;
         let watcher_cancel = watch_cancel.clone();
-        let errors = Arc::clone(&self.watch_errors);
+        let errors = WatchErrors {
+            count: Arc::clone(&self.watch_errors),
+            status: Arc::clone(&self.status),
+        };
         self.watchers.spawn(
             async move {
                 if let Some(resolved) =
@@ -301,6 +530,8 @@ impl Reconciler {
         let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
         let mut state = LoopState {
             checkers: BTreeMap::new(),
+            excluded: BTreeMap::new(),
+            skipped: BTreeSet::new(),
             next_checker_id: 0,
             last_decision: None,
             reports: report_tx,
@@ -317,7 +548,7 @@ impl Reconciler {
                     }
                     let known = known_rx.borrow_and_update().clone();
                     if let Some(known) = known {
-                        self.on_known(&mut state, known, &cancel);
+                        self.on_known(&mut state, known, &probe, &cancel);
                     }
                 }
                 Some(report) = report_rx.recv() => self.on_report(&mut state, report),
@@ -334,14 +565,46 @@ impl Reconciler {
         self.checkers.wait().await;
         self.watchers.wait().await;
         self.health.send_replace(HealthSnapshot::new());
+        self.status.send_modify(|status| {
+            status.excluded.clear();
+            status.skipped.clear();
+            status.checkers = 0;
+        });
         info!("reconciler stopped");
     }
 
-    /// A new address list: stop checkers of vanished addresses, start
-    /// checkers for new ones, republish.
-    fn on_known(&self, state: &mut LoopState, known: BTreeSet<IpAddr>, cancel: &CancellationToken) {
+    /// A new address list: drop excluded addresses, stop checkers of
+    /// vanished addresses, start checkers for new ones (up to
+    /// `max_backends`), republish.
+    fn on_known(
+        &self,
+        state: &mut LoopState,
+        known: BTreeSet<IpAddr>,
+        probe: &HttpsProbe,
+        cancel: &CancellationToken,
+    ) {
+        let (usable, excluded) = endpoints::partition(
+            &known,
+            &self.config.excluded_addresses,
+            self.config.allow_loopback,
+        );
+        let mut newly_excluded = 0u64;
+        for (ip, reason) in &excluded {
+            if state.excluded.get(ip) != Some(reason) {
+                newly_excluded += 1;
+                warn!(address = %ip, %reason,
+                    "endpoint address excluded, it is never used as a backend");
+            }
+        }
+        for ip in state.excluded.keys() {
+            if !excluded.contains_key(ip) {
+                info!(address = %ip, "excluded endpoint address no longer listed");
+            }
+        }
+        state.excluded = excluded;
+
         state.checkers.retain(|ip, checker| {
-            let keep = known.contains(ip);
+            let keep = usable.contains(ip);
             if !keep {
                 // k0s: "Stopping healthchecker".
                 info!(backend = %ip, "address removed, stopping health checker");
@@ -349,8 +612,17 @@ impl Reconciler {
             }
             keep
         });
-        for ip in known {
+        let mut skipped = BTreeSet::new();
+        for ip in usable {
             if state.checkers.contains_key(&ip) {
+                continue;
+            }
+            if state.checkers.len() >= self.config.max_backends {
+                if !state.skipped.contains(&ip) {
+                    warn!(address = %ip, max_backends = self.config.max_backends,
+                        "too many API server addresses, skipping this one");
+                }
+                skipped.insert(ip);
                 continue;
             }
             state.next_checker_id += 1;
@@ -363,12 +635,20 @@ impl Reconciler {
             info!(backend = %ip, "address added, starting health checker");
             self.spawn_checker(
                 ip,
+                probe.clone(),
                 checker.id,
                 checker.cancel.clone(),
                 state.reports.clone(),
             );
             state.checkers.insert(ip, checker);
         }
+        state.skipped = skipped;
+        self.status.send_modify(|status| {
+            status.excluded = state.excluded.iter().map(|(ip, r)| (*ip, *r)).collect();
+            status.excluded_total += newly_excluded;
+            status.skipped = state.skipped.iter().copied().collect();
+            status.checkers = state.checkers.len();
+        });
         self.update_health(&state.checkers);
         self.publish(&state.checkers, &mut state.last_decision);
     }
@@ -405,11 +685,11 @@ impl Reconciler {
     fn spawn_checker(
         &self,
         ip: IpAddr,
+        probe: HttpsProbe,
         checker_id: u64,
         cancel: CancellationToken,
         reports: mpsc::UnboundedSender<Report>,
     ) {
-        let probe = self.probe.clone();
         let interval = self.config.interval;
         let span = info_span!("health", component = "health", backend = %ip);
         self.checkers.spawn(

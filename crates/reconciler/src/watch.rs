@@ -7,7 +7,6 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,8 +20,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::Source;
 use crate::endpoints::{endpoints_addresses, slices_addresses};
+use crate::{Source, WatchErrors};
 
 /// The namespace and name (or label) of the `kubernetes` service's endpoints.
 const NAMESPACE: &str = "default";
@@ -46,7 +45,7 @@ pub(crate) async fn resolve(
     client: &Client,
     source: Source,
     cancel: &CancellationToken,
-    errors: &AtomicU64,
+    errors: &WatchErrors,
 ) -> Option<Resolved> {
     match source {
         Source::EndpointSlices => return Some(Resolved::EndpointSlices),
@@ -68,7 +67,7 @@ pub(crate) async fn resolve(
                 return Some(Resolved::Endpoints);
             }
             Err(error) => {
-                errors.fetch_add(1, Ordering::Relaxed);
+                errors.record();
                 warn!(%error, retry_in = ?delay,
                     "failed to discover whether the EndpointSlice API is served");
             }
@@ -90,7 +89,7 @@ pub(crate) async fn run(
     source: Resolved,
     known: KnownTx,
     cancel: CancellationToken,
-    errors: Arc<AtomicU64>,
+    errors: WatchErrors,
 ) {
     match source {
         Resolved::EndpointSlices => {
@@ -133,7 +132,7 @@ async fn reflect<K>(
     extract: fn(&[Arc<K>]) -> BTreeSet<IpAddr>,
     known: KnownTx,
     cancel: CancellationToken,
-    errors: Arc<AtomicU64>,
+    errors: WatchErrors,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
@@ -150,7 +149,7 @@ async fn reflect<K>(
         let event = match item {
             Some(Ok(event)) => event,
             Some(Err(error)) => {
-                errors.fetch_add(1, Ordering::Relaxed);
+                errors.record();
                 if failing {
                     debug!(%error, "watch still failing");
                 } else {

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cplb_reconciler::{Backends, Health, Reconciler, ReconcilerConfig, Source};
+use cplb_reconciler::{
+    Backends, ExclusionReason, Health, KubeconfigStatus, Reconciler, ReconcilerConfig,
+    ReconcilerStatus, Source,
+};
 use cplb_testapi::{ApiServer, Cluster, Counters, ErrorFault, Kind, ServerOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -126,6 +129,8 @@ impl Lab {
             kubeconfig: self.kubeconfig.clone(),
             api_port: self.port,
             source,
+            // These apiservers listen on 127.0.0.x.
+            allow_loopback: true,
             ..ReconcilerConfig::default()
         }
     }
@@ -140,7 +145,11 @@ struct Running {
 
 impl Running {
     async fn start(config: ReconcilerConfig) -> Running {
-        let reconciler = Arc::new(Reconciler::new(config).await.unwrap());
+        Self::spawn(Reconciler::new(config).await.unwrap())
+    }
+
+    fn spawn(reconciler: Reconciler) -> Running {
+        let reconciler = Arc::new(reconciler);
         let rx = reconciler.subscribe();
         let cancel = CancellationToken::new();
         let task = tokio::spawn({
@@ -192,6 +201,23 @@ impl Running {
             result.is_ok(),
             "{addresses:?} did not become {health} within {bound:?}"
         );
+    }
+
+    /// Waits until the reconciler's status satisfies `condition`, at most `bound`.
+    async fn wait_for_status(
+        &self,
+        bound: Duration,
+        what: &str,
+        condition: impl FnMut(&ReconcilerStatus) -> bool,
+    ) -> ReconcilerStatus {
+        let mut rx = self.reconciler.subscribe_status();
+        match timeout(bound, rx.wait_for(condition)).await {
+            Ok(Ok(status)) => status.clone(),
+            _ => panic!(
+                "{what}: not reached within {bound:?}, status {:?}",
+                self.reconciler.status()
+            ),
+        }
     }
 
     /// Waits until exactly `n` checker tasks are alive (a cancelled checker
@@ -629,5 +655,230 @@ async fn both_address_families() {
         "IPv6 backend failing",
     )
     .await;
+    r.shutdown().await;
+}
+
+/// Issue 14 F6: endpoint addresses that would make the proxy loop into
+/// itself (the VIP, loopback, unspecified) or that are no TCP destination
+/// are never health-checked or published. Run in a network namespace of
+/// its own, so that the real backend has a non-loopback address, and with
+/// live apiservers on the VIP and on 127.0.0.1 that would pass the checks.
+#[test]
+fn excluded_endpoint_addresses_are_never_published() {
+    init_tracing();
+    let mut lab = cplb_e2e::Lab::new().unwrap();
+    let host = lab.add_host("rc", Some("192.0.2.10/24"), None).unwrap();
+    for cidr in ["192.0.2.11/24", "192.0.2.100/32"] {
+        lab.ip(&host.netns, ["addr", "add", cidr, "dev", &host.ifname])
+            .unwrap();
+    }
+    cplb_e2e::in_netns(&host.netns, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(excluded_addresses_in_netns());
+    })
+    .unwrap();
+}
+
+async fn excluded_addresses_in_netns() {
+    let cluster = Cluster::new().unwrap();
+    let real = cluster
+        .start("192.0.2.11:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = real.addr().port();
+    let _vip = cluster
+        .start(SocketAddr::new(ip("192.0.2.100"), port))
+        .await
+        .unwrap();
+    let _loopback = cluster
+        .start(SocketAddr::new(ip("127.0.0.1"), port))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("admin.conf");
+    cluster.write_kubeconfig(&kubeconfig, real.addr()).unwrap();
+    let listed: Vec<IpAddr> = [
+        "192.0.2.100",
+        "127.0.0.1",
+        "0.0.0.0",
+        "192.0.2.11",
+        "169.254.1.1",
+        "224.0.0.18",
+    ]
+    .iter()
+    .map(|a| ip(a))
+    .collect();
+    cluster.store().set_kubernetes_backends(&listed, 6443);
+
+    let mut r = Running::start(ReconcilerConfig {
+        kubeconfig,
+        api_port: port,
+        excluded_addresses: [ip("192.0.2.100")].into(),
+        ..ReconcilerConfig::default()
+    })
+    .await;
+    let only_real: Backends = [SocketAddr::new(ip("192.0.2.11"), port)].into();
+    r.wait_for(&only_real, SLOW_BOUND, "only the real apiserver")
+        .await;
+    // Every address that is checked at all has had its first check: nothing
+    // else can still join the set.
+    let mut health = r.reconciler.subscribe_health();
+    timeout(
+        SLOW_BOUND,
+        health.wait_for(|s| !s.is_empty() && s.values().all(|b| b.probes >= 1)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(*r.rx.borrow(), only_real);
+    let checked: Vec<IpAddr> = health.borrow().keys().copied().collect();
+    assert_eq!(checked, [ip("192.0.2.11")]);
+    let status = r.reconciler.status();
+    assert_eq!(
+        status.excluded,
+        [
+            (ip("0.0.0.0"), ExclusionReason::Unspecified),
+            (ip("127.0.0.1"), ExclusionReason::Loopback),
+            (ip("169.254.1.1"), ExclusionReason::LinkLocal),
+            (ip("192.0.2.100"), ExclusionReason::Configured),
+            (ip("224.0.0.18"), ExclusionReason::Multicast),
+        ]
+    );
+    assert_eq!(status.excluded_total, 5);
+    assert_eq!(status.checkers, 1);
+
+    // The list changes: addresses that stay excluded are not counted again.
+    cluster
+        .store()
+        .set_kubernetes_backends(&[ip("192.0.2.11"), ip("192.0.2.100")], 6443);
+    let status = r
+        .wait_for_status(CHANGE_BOUND, "shorter exclusion list", |s| {
+            s.excluded.len() == 1
+        })
+        .await;
+    assert_eq!(
+        status.excluded,
+        [(ip("192.0.2.100"), ExclusionReason::Configured)]
+    );
+    assert_eq!(status.excluded_total, 5);
+    assert_eq!(*r.rx.borrow(), only_real);
+    r.shutdown().await;
+}
+
+/// Issue 12: with `new_retrying` a missing or broken kubeconfig is retried
+/// in the background, with its cause in the status, publishing nothing
+/// until it loads; then the reconciler works as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_that_appears_later_is_retried() {
+    let lab = Lab::three().await;
+    lab.set(&["127.0.0.1", "127.0.0.2"]);
+    let later = lab.kubeconfig.with_file_name("later.conf");
+    let reconciler = Reconciler::new_retrying(ReconcilerConfig {
+        kubeconfig: later.clone(),
+        kubeconfig_retry: Duration::from_millis(50),
+        ..lab.config(Source::Auto)
+    })
+    .unwrap();
+    let mut r = Running::spawn(reconciler);
+
+    let status = r
+        .wait_for_status(
+            SLOW_BOUND,
+            "missing kubeconfig",
+            |s| matches!(s.kubeconfig, KubeconfigStatus::Failed { attempts, .. } if attempts >= 2),
+        )
+        .await;
+    let KubeconfigStatus::Failed { error, .. } = status.kubeconfig else {
+        unreachable!()
+    };
+    assert!(
+        error.contains("later.conf") && error.contains("No such file"),
+        "the cause is shown: {error}"
+    );
+
+    // The path points at a key file: the error says so without quoting it.
+    std::fs::write(
+        &later,
+        "-----BEGIN PRIVATE KEY-----\nTOPSECRETKEYMATERIAL\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let status = r
+        .wait_for_status(SLOW_BOUND, "key file as kubeconfig", |s| {
+            matches!(&s.kubeconfig, KubeconfigStatus::Failed { error, .. } if !error.contains("No such file"))
+        })
+        .await;
+    let KubeconfigStatus::Failed { error, .. } = status.kubeconfig else {
+        unreachable!()
+    };
+    assert!(error.contains("not a valid kubeconfig"), "{error}");
+    assert!(!error.contains("TOPSECRET"), "the key leaked: {error}");
+    assert!(r.rx.borrow().is_empty(), "published without a kubeconfig");
+    assert_eq!(r.reconciler.active_checkers(), 0);
+
+    // The kubeconfig appears: the reconciler starts publishing.
+    std::fs::copy(&lab.kubeconfig, &later).unwrap();
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.2"]),
+        SLOW_BOUND,
+        "kubeconfig written later",
+    )
+    .await;
+    assert_eq!(r.reconciler.status().kubeconfig, KubeconfigStatus::Loaded);
+    r.shutdown().await;
+}
+
+/// Cancelling a reconciler that is still waiting for its kubeconfig ends
+/// `run` promptly, with nothing left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_waiting_for_the_kubeconfig() {
+    let dir = tempfile::tempdir().unwrap();
+    let reconciler = Reconciler::new_retrying(ReconcilerConfig {
+        kubeconfig: dir.path().join("never.conf"),
+        kubeconfig_retry: Duration::from_secs(3600),
+        ..ReconcilerConfig::default()
+    })
+    .unwrap();
+    let r = Running::spawn(reconciler);
+    r.wait_for_status(SLOW_BOUND, "first attempt", |s| {
+        matches!(s.kubeconfig, KubeconfigStatus::Failed { attempts: 1, .. })
+    })
+    .await;
+    r.shutdown().await;
+}
+
+/// A huge endpoint list starts at most `max_backends` checker tasks; the
+/// rest are skipped (and listed) until a place frees up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkers_are_capped_for_huge_endpoint_lists() {
+    let lab = Lab::three().await;
+    lab.set(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    let mut r = Running::start(ReconcilerConfig {
+        max_backends: 2,
+        ..lab.config(Source::Auto)
+    })
+    .await;
+    r.wait_for(
+        &lab.backends(&["127.0.0.1", "127.0.0.2"]),
+        SLOW_BOUND,
+        "the first two in address order",
+    )
+    .await;
+    let status = r.reconciler.status();
+    assert_eq!(status.skipped, [ip("127.0.0.3")]);
+    assert_eq!(status.checkers, 2);
+    r.wait_for_checkers(2, CHANGE_BOUND).await;
+
+    // One leaves: the skipped one takes its place.
+    lab.set(&["127.0.0.2", "127.0.0.3"]);
+    r.wait_for(
+        &lab.backends(&["127.0.0.2", "127.0.0.3"]),
+        CHANGE_BOUND,
+        "skipped address admitted",
+    )
+    .await;
+    assert!(r.reconciler.status().skipped.is_empty());
     r.shutdown().await;
 }

@@ -33,7 +33,9 @@ mod store;
 
 pub use netns::{bind_in_netns, connect_in_netns};
 pub use pki::Pki;
-pub use server::{ApiServer, Counters, ErrorFault, Faults, ServerOptions};
+pub use server::{
+    ApiServer, Authorization, Counters, ErrorFault, Faults, ResourceRule, ServerOptions,
+};
 pub use store::{Change, EventType, Kind, Store, endpoint_slice, endpoints};
 
 /// Errors from setting up the test apiserver.

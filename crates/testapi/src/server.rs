@@ -41,6 +41,72 @@ pub struct ServerOptions {
     /// VIP and loopback, as k0s puts them in the apiserver certificate so
     /// clients can verify it through the load balancer.
     pub extra_sans: Vec<IpAddr>,
+    /// What the client may do, as RBAC would allow it; `None` allows
+    /// everything (the client is cluster-admin). Requests outside it get
+    /// `403 Forbidden` and count in [`Counters::forbidden`].
+    pub authorization: Option<Authorization>,
+}
+
+/// A test's stand-in for the apiserver's RBAC authorizer: what one
+/// authenticated client may do. API discovery (`/api`, `/apis…`,
+/// `/version`) is always allowed, as Kubernetes' built-in `system:discovery`
+/// role allows it to every authenticated user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Authorization {
+    /// Resource requests allowed.
+    pub resources: Vec<ResourceRule>,
+    /// Non-resource URLs allowed for `get` (e.g. `/readyz`).
+    pub non_resource_urls: Vec<String>,
+}
+
+/// One allowed (verb, API group, resource, namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRule {
+    /// `get`, `list` or `watch`.
+    pub verb: String,
+    /// The API group (`""` for the core group).
+    pub group: String,
+    /// The plural resource name.
+    pub resource: String,
+    /// The namespace (a Role's); `None` for every namespace and
+    /// cluster-wide requests (a ClusterRole's).
+    pub namespace: Option<String>,
+}
+
+impl Authorization {
+    /// Whether a `method` request for `path` (with `watch` asked) is allowed.
+    fn allows(&self, method: &Method, path: &str, watch: bool) -> bool {
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let (group, rest) = match segments.as_slice() {
+            ["api"] | ["apis"] | ["version"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
+                return method == Method::GET;
+            }
+            ["api", "v1", rest @ ..] => ("", rest),
+            ["apis", group, _, rest @ ..] => (*group, rest),
+            _ => {
+                return method == Method::GET && self.non_resource_urls.iter().any(|u| u == path);
+            }
+        };
+        let (namespace, resource, name) = match rest {
+            ["namespaces", namespace, resource] => (Some(*namespace), *resource, None),
+            ["namespaces", namespace, resource, name] => (Some(*namespace), *resource, Some(*name)),
+            [resource] => (None, *resource, None),
+            [resource, name] => (None, *resource, Some(*name)),
+            _ => return false,
+        };
+        let verb = match (method == Method::GET, watch, name) {
+            (false, _, _) => "update",
+            (true, true, _) => "watch",
+            (true, false, Some(_)) => "get",
+            (true, false, None) => "list",
+        };
+        self.resources.iter().any(|rule| {
+            rule.verb == verb
+                && rule.group == group
+                && rule.resource == resource
+                && (rule.namespace.is_none() || rule.namespace.as_deref() == namespace)
+        })
+    }
 }
 
 impl Default for ServerOptions {
@@ -50,6 +116,7 @@ impl Default for ServerOptions {
             bookmark_interval: Duration::from_secs(1),
             default_watch_timeout: Duration::from_secs(1800),
             extra_sans: Vec::new(),
+            authorization: None,
         }
     }
 }
@@ -129,6 +196,8 @@ pub struct Counters {
     pub health_checks: AtomicU64,
     /// Requests refused for lack of a client certificate.
     pub unauthorized: AtomicU64,
+    /// Requests refused by [`ServerOptions::authorization`].
+    pub forbidden: AtomicU64,
     /// Requests answered with an injected [`ErrorFault`].
     pub injected_errors: AtomicU64,
 }
@@ -369,6 +438,20 @@ async fn handle(ctx: Arc<Ctx>, authenticated: bool, req: Request<Incoming>) -> R
     if !authenticated {
         ctx.counters.unauthorized.fetch_add(1, Ordering::SeqCst);
         return status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    if let Some(authorization) = &ctx.options.authorization {
+        let watch = req.uri().query().is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .any(|(k, v)| k == "watch" && (v == "true" || v == "1"))
+        });
+        if !authorization.allows(req.method(), &path, watch) {
+            ctx.counters.forbidden.fetch_add(1, Ordering::SeqCst);
+            return status_response(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!("{} {path} is forbidden for this user", req.method()),
+            );
+        }
     }
     let is_health = matches!(path.as_str(), "/healthz" | "/readyz" | "/livez");
     if is_health {

@@ -15,7 +15,7 @@
 //!     authPass: secret       # VRRPv2 simple text, first 8 bytes
 //!     vips: [192.0.2.100/24] # with the prefix to add them with
 //!     unicastPeers: []       # empty: multicast
-//!     primaryIp: 192.0.2.10  # default: the interface's first address
+//!     primaryIp: 192.0.2.10  # default: the interface's primary address
 //!                            # (IPv6: its link-local address)
 //!     preempt: true
 //!     lease: auto            # auto | off | seconds: the VIP's lifetime
@@ -30,7 +30,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cplb_vrrp::fsm::Config;
-use cplb_vrrp::io::driver::{InstanceConfig, VipLease, run};
+use cplb_vrrp::io::driver::{Driver, InstanceConfig, VipLease};
 use cplb_vrrp::io::netlink::{Vip, VipManager};
 use cplb_vrrp::wire::{Auth, Centis, Version};
 use serde::Deserialize;
@@ -102,40 +102,22 @@ async fn resolve(netlink: &VipManager, instance: Instance) -> Result<InstanceCon
         .map(|v| parse_vip(v))
         .collect::<Result<Vec<_>, _>>()?;
     let ipv6 = vips.first().is_some_and(|v| v.addr.is_ipv6());
+    let addrs: Vec<IpAddr> = vips.iter().map(|v| v.addr).collect();
     let primary_ip = match instance.primary_ip {
         Some(ip) => ip,
         None => {
-            // keepalived's choice: the interface's first address of the
-            // family (IPv6: link-local, RFC 5798 §5.1.2.1), never a VIP.
             let link = netlink
                 .interface(&instance.interface)
                 .await
                 .map_err(|e| e.to_string())?;
-            let addrs = netlink
-                .addresses(link.index)
+            netlink
+                .advert_source(link.index, ipv6, &addrs)
                 .await
-                .map_err(|e| e.to_string())?;
-            addrs
-                .iter()
-                .map(|a| a.addr)
-                .find(|addr| match addr {
-                    IpAddr::V4(_) => !ipv6 && !vips.iter().any(|v| v.addr == *addr),
-                    IpAddr::V6(v6) => ipv6 && v6.segments()[0] & 0xffc0 == 0xfe80,
-                })
-                .ok_or_else(|| format!("{}: no address to send adverts from", instance.interface))?
+                .map_err(|e| format!("{}: {e}", instance.interface))?
         }
     };
-    let version = match instance.version {
-        2 => Version::V2,
-        3 => Version::V3,
-        other => return Err(format!("version {other}: 2 or 3")),
-    };
-    let mut router = Config::new(
-        version,
-        instance.vrid,
-        primary_ip,
-        vips.iter().map(|v| v.addr).collect(),
-    );
+    let version = Version::try_from(instance.version).map_err(|e| e.to_string())?;
+    let mut router = Config::new(version, instance.vrid, primary_ip, addrs);
     router.priority = instance.priority;
     router.preempt = instance.preempt;
     router.advert_interval = Centis(
@@ -156,6 +138,9 @@ async fn resolve(netlink: &VipManager, instance: Instance) -> Result<InstanceCon
             secs.parse().map_err(|_| format!("lease {secs:?}"))?,
         )),
     };
+    config
+        .validate()
+        .map_err(|e| format!("VRID {}: {e}", instance.vrid))?;
     Ok(config)
 }
 
@@ -217,7 +202,7 @@ async fn main() -> ExitCode {
         }
         on_signal.cancel();
     });
-    match run(configs, cancel).await {
+    match Driver::builder(configs).run(cancel).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vrrpd: {e}");

@@ -97,6 +97,9 @@ pub enum FsmOp {
         priority: u8,
         flaw: Flaw,
     },
+    /// The driver could not send: a transmit fault, retried after this many
+    /// milliseconds.
+    TxFault(u16),
     /// Any advert at all.
     Raw {
         src: IpAddr,
@@ -139,7 +142,8 @@ fn config(v3: bool, priority: u8, preempt: bool, primary: IpAddr) -> Config {
 /// Runs the script on one router and checks after every input: at most one
 /// state change, reported with the right states; never both AddVips and
 /// RemoveVips; the VIPs held exactly in Master; adverts with a non-zero
-/// priority only from a Master; a timer armed exactly in Backup and Master;
+/// priority only from a Master, priority 0 only from a Master leaving; a timer armed exactly in Backup and Master
+/// (and in the Fault of a transmit fault, for the retry);
 /// after handling a timeout, the next deadline is in the future.
 pub fn run_fsm(script: &FsmScript) {
     let mut router =
@@ -147,6 +151,8 @@ pub fn run_fsm(script: &FsmScript) {
     let t0 = Instant::now();
     let mut now = t0;
     let mut holds_vips = false;
+    // In Fault after a transmit fault, the retry timer is armed.
+    let mut tx_fault_pending = false;
     for op in script.ops.iter().take(MAX_OPS) {
         let before = router.state();
         let mut handled_timeout = false;
@@ -155,6 +161,13 @@ pub fn run_fsm(script: &FsmScript) {
             FsmOp::Shutdown => router.shutdown(now),
             FsmOp::LinkDown => router.link_down(now),
             FsmOp::LinkUp => router.link_up(now),
+            FsmOp::TxFault(ms) => {
+                let retry = Duration::from_millis(u64::from(*ms));
+                if matches!(before, State::Backup | State::Master) {
+                    tx_fault_pending = true;
+                }
+                router.tx_fault(now, retry)
+            }
             FsmOp::SetPriority(p) => router.set_priority(now, *p),
             FsmOp::Advance(ms) => {
                 now += Duration::from_millis(u64::from(*ms));
@@ -214,11 +227,15 @@ pub fn run_fsm(script: &FsmScript) {
         );
         for action in &actions {
             match action {
+                // A Master resigns when it shuts down, or when it yields
+                // right after announcing (issue 14 F14).
                 Action::Send(advert) if advert.priority == 0 => {
-                    assert_eq!(
-                        (before, after),
-                        (State::Master, State::Initialize),
-                        "{op:?}"
+                    assert!(
+                        matches!(
+                            (before, after),
+                            (State::Master, State::Initialize | State::Backup)
+                        ),
+                        "{op:?}: {before} -> {after}"
                     );
                 }
                 Action::Send(_) | Action::Announce { .. } => {
@@ -227,10 +244,13 @@ pub fn run_fsm(script: &FsmScript) {
                 _ => {}
             }
         }
+        if after != State::Fault || matches!(op, FsmOp::LinkDown) {
+            tx_fault_pending = false;
+        }
         let armed = router.poll_timeout().is_some();
         assert_eq!(
             armed,
-            matches!(after, State::Backup | State::Master),
+            matches!(after, State::Backup | State::Master) || tx_fault_pending,
             "{op:?} in {after}"
         );
         if handled_timeout {

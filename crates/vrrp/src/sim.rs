@@ -56,6 +56,14 @@ pub struct Node {
     pub adverts_sent: u64,
     /// Delay added to everything it puts on the wire (a slow host or link).
     pub extra_latency: Duration,
+    /// How long the host takes to carry out an announcement (the VIP and
+    /// lease work before it, the burst itself). Meanwhile it is busy: the
+    /// burst leaves when done, what it sends next leaves after it, and what
+    /// arrives waits until then, as in the driver, which carries out one
+    /// router's actions in order before it reads the next packet.
+    pub announce_time: Duration,
+    /// Until when the host is busy (see `announce_time`).
+    busy_until: Instant,
 }
 
 /// A state change seen on the LAN.
@@ -76,6 +84,9 @@ pub struct Transition {
 #[derive(Debug, Clone)]
 struct InFlight {
     at: Instant,
+    /// Every connected router, or one (a delivery deferred while it was
+    /// busy).
+    to: Option<NodeId>,
     from: NodeId,
     src: IpAddr,
     packet: Packet,
@@ -138,6 +149,8 @@ impl Lan {
             holds_vips: false,
             adverts_sent: 0,
             extra_latency: Duration::ZERO,
+            announce_time: Duration::ZERO,
+            busy_until: self.now,
         });
         Ok(self.nodes.len() - 1)
     }
@@ -253,6 +266,12 @@ impl Lan {
         self.nodes[node].extra_latency = extra;
     }
 
+    /// Sets how long `node` takes to carry out each announcement (see
+    /// [`Node::announce_time`]).
+    pub fn set_announce_time(&mut self, node: NodeId, time: Duration) {
+        self.nodes[node].announce_time = time;
+    }
+
     /// Puts a packet on the wire as if `src` had sent it, to arrive after the
     /// LAN's latency at every connected router (a hostile or foreign sender).
     /// Like real bytes, it goes through the codec: an advert the wire format
@@ -273,6 +292,7 @@ impl Lan {
         };
         self.wire.push(InFlight {
             at: self.now + self.latency,
+            to: None,
             from: usize::MAX,
             src,
             packet: Packet::Advert(advert),
@@ -313,7 +333,7 @@ impl Lan {
             .nodes
             .iter()
             .filter(|n| n.running)
-            .filter_map(|n| n.router.poll_timeout())
+            .filter_map(|n| n.router.poll_timeout().map(|at| at.max(n.busy_until)))
             .min();
         match (delivery, timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -328,16 +348,29 @@ impl Lan {
         let (due, later): (Vec<_>, Vec<_>) = self.wire.drain(..).partition(|p| p.at <= now);
         self.wire = later;
         for packet in due {
-            let advert = match packet.packet {
+            let advert = match &packet.packet {
                 Packet::Announce => {
                     self.last_announcer = Some(packet.from);
                     continue;
                 }
-                Packet::Advert(advert) => advert,
+                Packet::Advert(advert) => advert.clone(),
             };
             for to in 0..self.nodes.len() {
                 let n = &self.nodes[to];
-                if to == packet.from || !n.running || !n.connected {
+                if to == packet.from
+                    || packet.to.is_some_and(|only| only != to)
+                    || !n.running
+                    || !n.connected
+                {
+                    continue;
+                }
+                if n.busy_until > now {
+                    // Read once the host is done with what it is doing.
+                    self.wire.push(InFlight {
+                        at: n.busy_until,
+                        to: Some(to),
+                        ..packet.clone()
+                    });
                     continue;
                 }
                 match self.nodes[to].router.receive(now, packet.src, &advert) {
@@ -347,7 +380,7 @@ impl Lan {
             }
         }
         for node in 0..self.nodes.len() {
-            if self.nodes[node].running {
+            if self.nodes[node].running && self.nodes[node].busy_until <= now {
                 let actions = self.nodes[node].router.handle_timeout(now);
                 self.apply(node, actions);
             }
@@ -372,7 +405,8 @@ impl Lan {
                     if n.connected {
                         let src = n.router.config().primary_ip;
                         self.wire.push(InFlight {
-                            at: self.now + self.latency + n.extra_latency,
+                            at: n.busy_until.max(self.now) + self.latency + n.extra_latency,
+                            to: None,
                             from: node,
                             src,
                             packet: Packet::Advert(advert),
@@ -380,10 +414,13 @@ impl Lan {
                     }
                 }
                 Action::Announce { .. } => {
-                    let n = &self.nodes[node];
+                    let now = self.now;
+                    let n = &mut self.nodes[node];
+                    n.busy_until = n.busy_until.max(now) + n.announce_time;
                     if n.connected {
                         self.wire.push(InFlight {
-                            at: self.now + self.latency + n.extra_latency,
+                            at: n.busy_until + self.latency + n.extra_latency,
+                            to: None,
                             from: node,
                             src: n.router.config().primary_ip,
                             packet: Packet::Announce,

@@ -11,7 +11,8 @@ use cplb_e2e::{Lab, in_netns, wait_until};
 use cplb_vrrp::fsm::Config;
 use cplb_vrrp::fsm::State;
 use cplb_vrrp::io::driver::{
-    DEFAULT_ADDR_LABEL, InstanceConfig, InstanceStatus, VipLease, run_with_status,
+    DEFAULT_ADDR_LABEL, Driver, DriverStatus, InstanceConfig, InstanceStatus, SocketStatus,
+    VipLease, check_host, release,
 };
 use cplb_vrrp::io::netlink::Vip;
 use cplb_vrrp::io::socket::{ETH_P_ALL, ETH_P_ARP, PacketSocket};
@@ -29,29 +30,56 @@ struct Router {
     /// Abrupt stop: the driver is dropped mid-flight, like a SIGKILL.
     kill: CancellationToken,
     /// What the driver publishes about its instances.
-    status: watch::Receiver<Vec<InstanceStatus>>,
+    status: watch::Receiver<DriverStatus>,
+    /// Blocks the driver's runtime thread for the duration sent, as a
+    /// stalled machine would (a paused VM, a starved CPU); the duration is
+    /// sent back when the stall ends.
+    stall: tokio::sync::mpsc::UnboundedSender<(Duration, std::sync::mpsc::Sender<()>)>,
     thread: Option<JoinHandle<String>>,
 }
 
 impl Router {
     fn spawn(netns: &str, configs: Vec<InstanceConfig>) -> Router {
+        Router::spawn_with_netlink_buffer(netns, configs, None)
+    }
+
+    /// Like [`Router::spawn`], with the link and address notification
+    /// socket's receive buffer set to `netlink_buffer` bytes.
+    fn spawn_with_netlink_buffer(
+        netns: &str,
+        configs: Vec<InstanceConfig>,
+        netlink_buffer: Option<u32>,
+    ) -> Router {
         // RUST_LOG=debug shows the driver's logs in failing tests.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .try_init();
         let (stop, kill) = (CancellationToken::new(), CancellationToken::new());
-        let (status_tx, status) = watch::channel(Vec::new());
+        let (status_tx, status) = watch::channel(DriverStatus::default());
         let (stop2, kill2, netns) = (stop.clone(), kill.clone(), netns.to_owned());
+        let (stall, mut stalls) =
+            tokio::sync::mpsc::unbounded_channel::<(Duration, std::sync::mpsc::Sender<()>)>();
         let thread = std::thread::spawn(move || {
             in_netns(&netns, move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
+                let mut builder = Driver::builder(configs).status(status_tx);
+                if let Some(bytes) = netlink_buffer {
+                    builder = builder.netlink_buffer(bytes);
+                }
                 runtime.block_on(async {
+                    // On the driver's (single) thread: blocking here stalls it.
+                    tokio::spawn(async move {
+                        while let Some((pause, done)) = stalls.recv().await {
+                            std::thread::sleep(pause);
+                            let _ = done.send(());
+                        }
+                    });
                     tokio::select! {
-                        result = run_with_status(configs, stop2, status_tx) => match result {
+                        result = builder.run(stop2) => match result {
                             Ok(()) => "stopped".to_owned(),
                             Err(e) => format!("failed: {e}"),
                         },
@@ -65,8 +93,16 @@ impl Router {
             stop,
             kill,
             status,
+            stall,
             thread: Some(thread),
         }
+    }
+
+    /// Stalls the driver's thread for `pause` and returns once it runs again.
+    fn stall_for(&self, pause: Duration) {
+        let (done, ended) = std::sync::mpsc::channel();
+        self.stall.send((pause, done)).unwrap();
+        ended.recv_timeout(pause + WAIT).unwrap();
     }
 
     /// Waits until the published status of `vrid` satisfies `want`.
@@ -79,11 +115,36 @@ impl Router {
         cplb_e2e::wait_for(what, WAIT, || {
             self.status
                 .borrow()
+                .instances
                 .iter()
                 .find(|s| s.vrid == vrid && want(s))
                 .cloned()
         })
         .unwrap()
+    }
+
+    /// Waits until the published status of the (first) socket satisfies
+    /// `want`.
+    fn wait_socket(&self, what: &str, want: impl Fn(&SocketStatus) -> bool) -> SocketStatus {
+        cplb_e2e::wait_for(what, WAIT, || {
+            self.status
+                .borrow()
+                .sockets
+                .iter()
+                .find(|s| want(s))
+                .cloned()
+        })
+        .unwrap()
+    }
+
+    /// The first socket's drops by label.
+    fn socket_drops(&self) -> Vec<(&'static str, u64)> {
+        self.status
+            .borrow()
+            .sockets
+            .first()
+            .map(|s| s.stats.drops().collect())
+            .unwrap_or_default()
     }
 
     fn join(&mut self) -> String {
@@ -165,9 +226,23 @@ impl Pair {
 fn higher_priority_becomes_master_and_hands_over_gracefully() {
     let t = Pair::new();
     let vip = ip("192.0.2.100");
-    // Left on B by a crashed run: B must remove it before acting as Backup.
+    // Left on B by a crashed run (with a lease, as the driver adds VIPs): B
+    // must remove it before acting as Backup.
     t.lab
-        .ip(&t.b, ["addr", "add", "192.0.2.100/24", "dev", "eth0"])
+        .ip(
+            &t.b,
+            [
+                "addr",
+                "add",
+                "192.0.2.100/24",
+                "dev",
+                "eth0",
+                "valid_lft",
+                "60",
+                "preferred_lft",
+                "60",
+            ],
+        )
         .unwrap();
 
     let mut a = Router::spawn(
@@ -376,8 +451,7 @@ fn inject_v2(netns: &str, dst: &str, ttl: u32, vrid: u8, priority: u8, vip: &str
     }
     let dst: SocketAddrV4 = format!("{dst}:0").parse().unwrap();
     in_netns(netns, move || {
-        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
-        socket.set_ttl_v4(ttl).unwrap();
+        let socket = raw_112(&dst, ttl);
         socket.send_to(&buf, &SockAddr::from(dst)).unwrap();
     })
     .unwrap();
@@ -396,19 +470,16 @@ fn adverts_failing_wire_checks_change_nothing() {
 
     // A higher priority that crossed a router (TTL 254), and one with a bad
     // checksum: both dropped with their reason, A stays Master.
-    inject_v2(&t.b, "192.0.2.1", 254, 81, 254, "192.0.2.120", false);
-    a.wait_status(81, "a bad_ttl drop", |s| {
-        s.wire_drops.get("bad_ttl") == Some(&1)
-    });
-    inject_v2(&t.b, "192.0.2.1", 255, 81, 254, "192.0.2.120", true);
-    let status = a.wait_status(81, "a bad_checksum drop", |s| {
-        s.wire_drops.get("bad_checksum") == Some(&1)
-    });
+    inject_v2(&t.b, "224.0.0.18", 254, 81, 254, "192.0.2.120", false);
+    a.wait_socket("a bad_ttl drop", |s| s.stats.bad_ttl == 1);
+    inject_v2(&t.b, "224.0.0.18", 255, 81, 254, "192.0.2.120", true);
+    a.wait_socket("a bad_checksum drop", |s| s.stats.bad_checksum == 1);
+    let status = a.wait_status(81, "A", |_| true);
     assert_eq!(status.state, State::Master);
     assert!(t.holds(&t.a, vip));
 
     // The same advert intact does make A step down: the injection path works.
-    inject_v2(&t.b, "192.0.2.1", 255, 81, 254, "192.0.2.120", false);
+    inject_v2(&t.b, "224.0.0.18", 255, 81, 254, "192.0.2.120", false);
     a.wait_status(81, "A backup after a valid higher-priority advert", |s| {
         s.state == State::Backup
     });
@@ -472,9 +543,7 @@ fn unicast_adverts_from_unconfigured_peers_are_ignored() {
     let a = Router::spawn(&t.a, vec![leader]);
     let b = Router::spawn(&t.b, vec![strict]);
     a.wait_status(73, "A master", |s| s.state == State::Master);
-    b.wait_status(73, "B drops A's adverts", |s| {
-        s.wire_drops.get("not_a_peer").is_some_and(|&n| n > 0)
-    });
+    b.wait_status(73, "B drops A's adverts", |s| s.stats.not_a_peer > 0);
     // Not following A, B ends up Master as well.
     b.wait_status(73, "B master too", |s| s.state == State::Master);
     wait_until("both hold the VIP", WAIT, || {
@@ -592,7 +661,7 @@ fn configuration_errors_are_reported_at_start() {
             let cancel = CancellationToken::new();
             cancel.cancel();
             runtime
-                .block_on(cplb_vrrp::io::driver::run(configs, cancel))
+                .block_on(Driver::builder(configs).run(cancel))
                 .err()
                 .map(|e| e.to_string())
         };
@@ -658,8 +727,9 @@ fn a_re_created_interface_is_picked_up_again() {
     t.wait_holder(&t.b, vip);
     let before = a
         .wait_status(55, "A hears B", |s| {
-            s.state == State::Backup && s.adverts_received > 0
+            s.state == State::Backup && s.stats.adverts_received > 0
         })
+        .stats
         .adverts_received;
     let old_index = t.lab.link(&t.a, "eth0").unwrap().ifindex;
 
@@ -668,17 +738,30 @@ fn a_re_created_interface_is_picked_up_again() {
     t.lab.recreate_link("a").unwrap();
     assert_ne!(t.lab.link(&t.a, "eth0").unwrap().ifindex, old_index);
     a.wait_status(55, "A hears B on the new interface", |s| {
-        s.state == State::Backup && s.adverts_received >= before + 3
+        s.state == State::Backup && s.stats.adverts_received >= before + 3
     });
     assert!(t.holds(&t.b, vip) && !t.holds(&t.a, vip));
 }
 
 /// Sends raw bytes as an IP protocol 112 packet from `netns` to `dst`.
+/// A raw protocol-112 socket sending with `ttl`; to the VRRP group out of
+/// B's address (192.0.2.2) when `dst` is multicast.
+fn raw_112(dst: &SocketAddrV4, ttl: u32) -> Socket {
+    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
+    socket.set_ttl_v4(ttl).unwrap();
+    if dst.ip().is_multicast() {
+        socket
+            .set_multicast_if_v4(&"192.0.2.2".parse().unwrap())
+            .unwrap();
+        socket.set_multicast_ttl_v4(ttl).unwrap();
+    }
+    socket
+}
+
 fn inject_bytes(netns: &str, dst: &str, bytes: Vec<u8>) {
     let dst: SocketAddrV4 = format!("{dst}:0").parse().unwrap();
     in_netns(netns, move || {
-        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
-        socket.set_ttl_v4(255).unwrap();
+        let socket = raw_112(&dst, 255);
         socket.send_to(&bytes, &SockAddr::from(dst)).unwrap();
     })
     .unwrap();
@@ -755,16 +838,20 @@ fn hostile_adverts_are_counted_by_reason_and_never_move_the_vip() {
         (bytes(&good)[..12].to_vec(), "length_mismatch", true),
     ];
     for (packet, reason, wire) in cases {
-        inject_bytes(&t.b, "192.0.2.1", packet);
+        inject_bytes(&t.b, "224.0.0.18", packet);
         let status = a.wait_status(82, reason, |s| {
-            let counters = if wire { &s.wire_drops } else { &s.rejects };
-            counters.get(reason) == Some(&1)
+            let counters: Vec<(&str, u64)> = if wire {
+                a.socket_drops()
+            } else {
+                s.stats.drops().collect()
+            };
+            counters.contains(&(reason, 1))
         });
         assert_eq!(status.state, State::Master, "{reason}");
         assert!(t.holds(&t.a, vip), "{reason}");
     }
     // The control: the intact advert does take the VIP away.
-    inject_bytes(&t.b, "192.0.2.1", bytes(&good));
+    inject_bytes(&t.b, "224.0.0.18", bytes(&good));
     a.wait_status(82, "A backup after the intact advert", |s| {
         s.state == State::Backup
     });
@@ -816,4 +903,317 @@ fn several_instances_with_several_vips_each_on_one_interface() {
         })
     })
     .unwrap();
+}
+
+/// Issue 14 finding 1: a VIP that is one of the node's own (permanent)
+/// addresses (a typo in the configuration) must never be removed: not at
+/// start as a "leftover", not at stop, not by `release`. Only addresses with
+/// a lease, the ones the driver adds, are ever removed.
+#[test]
+fn a_permanent_address_equal_to_a_vip_survives_start_stop_and_release() {
+    let t = Pair::new();
+    let own = ip("192.0.2.50");
+    t.lab
+        .ip(&t.a, ["addr", "add", "192.0.2.50/24", "dev", "eth0"])
+        .unwrap();
+    let typo = v2_instance(91, 100, "192.0.2.1", "192.0.2.50", 24);
+
+    // Start: refused with a clear error, by the check and by the driver
+    // (which, if it did start, stops at once: the token is cancelled).
+    let (checked, started) = in_netns(&t.a, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let checked = runtime.block_on(check_host(std::slice::from_ref(&typo)));
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let started = runtime.block_on(Driver::builder(vec![typo.clone()]).run(cancel));
+        (checked, started)
+    })
+    .unwrap();
+    assert!(t.holds(&t.a, own), "start removed the node's own address");
+    let error = checked.unwrap_err().to_string();
+    assert!(error.contains("permanent address"), "{error}");
+    let error = started.unwrap_err().to_string();
+    assert!(error.contains("permanent address"), "{error}");
+
+    // Release: the address is not ours, so nothing is sent or removed.
+    let released = in_netns(&t.a, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(release(vec![typo.clone()])).unwrap()
+    })
+    .unwrap();
+    assert_eq!(released, Vec::<u8>::new());
+    assert!(t.holds(&t.a, own), "release removed the node's own address");
+
+    // Stop: a Backup whose VIP became a permanent address while it ran
+    // (someone added it by hand) leaves it in place.
+    let vip = ip("192.0.2.51");
+    let _b = Router::spawn(
+        &t.b,
+        vec![v2_instance(92, 200, "192.0.2.2", "192.0.2.51", 24)],
+    );
+    t.wait_holder(&t.b, vip);
+    let mut a = Router::spawn(
+        &t.a,
+        vec![v2_instance(92, 100, "192.0.2.1", "192.0.2.51", 24)],
+    );
+    a.wait_status(92, "A backup", |s| s.state == State::Backup);
+    t.lab
+        .ip(&t.a, ["addr", "add", "192.0.2.51/24", "dev", "eth0"])
+        .unwrap();
+    assert_eq!(a.stop(), "stopped");
+    assert!(t.holds(&t.a, vip), "stop removed a permanent address");
+}
+
+/// Runs `nft` with `args` in `netns`.
+fn nft(lab: &Lab, netns: &str, args: &[&str]) {
+    let out = lab.exec_in(netns, "nft", args).unwrap();
+    assert!(out.status.success(), "nft {args:?}: {out:?}");
+}
+
+/// Issue 14 finding 4: a Master whose adverts cannot leave (here a firewall
+/// in its namespace drops outgoing protocol 112, so sendmsg fails with
+/// EPERM) must not keep renewing its VIP while a Backup takes over: it goes
+/// to Fault and releases the VIP, and comes back once adverts go out again.
+#[test]
+fn a_master_that_cannot_send_gives_up_the_vip_and_recovers() {
+    let t = Pair::new();
+    let vip = ip("192.0.2.130");
+    let a = Router::spawn(
+        &t.a,
+        vec![v2_instance(93, 200, "192.0.2.1", "192.0.2.130", 24)],
+    );
+    let _b = Router::spawn(
+        &t.b,
+        vec![v2_instance(93, 100, "192.0.2.2", "192.0.2.130", 24)],
+    );
+    t.wait_holder(&t.a, vip);
+
+    nft(&t.lab, &t.a, &["add", "table", "inet", "cplbtest"]);
+    nft(
+        &t.lab,
+        &t.a,
+        &[
+            "add",
+            "chain",
+            "inet",
+            "cplbtest",
+            "out",
+            "{ type filter hook output priority 0 ; }",
+        ],
+    );
+    nft(
+        &t.lab,
+        &t.a,
+        &[
+            "add", "rule", "inet", "cplbtest", "out", "meta", "l4proto", "112", "drop",
+        ],
+    );
+    // A stops renewing, gives up the VIP; B takes over: one holder.
+    a.wait_status(93, "A in Fault", |s| {
+        s.state == State::Fault && s.stats.tx_faults >= 1
+    });
+    t.wait_holder(&t.b, vip);
+    let status = a.wait_status(93, "A", |_| true);
+    assert!(status.stats.send_errors >= 3, "{:?}", status.stats);
+
+    // Adverts go out again: A is back, and with priority 200 preempts B.
+    nft(&t.lab, &t.a, &["delete", "table", "inet", "cplbtest"]);
+    a.wait_status(93, "A master again", |s| s.state == State::Master);
+    t.wait_holder(&t.a, vip);
+}
+
+/// Issue 14 finding 7: a flood of protocol-112 packets (here valid adverts
+/// for a VRID nobody runs, which pass the TTL check and are decoded) must
+/// not starve the Master's advert timer. Bounded: at most 3 s and 2 million
+/// packets.
+#[test]
+fn a_protocol_112_flood_does_not_stop_the_masters_adverts() {
+    let t = Pair::new();
+    let vip = ip("192.0.2.131");
+    let a = Router::spawn(
+        &t.a,
+        vec![v2_instance(94, 200, "192.0.2.1", "192.0.2.131", 24)],
+    );
+    let before = a.wait_status(94, "A master", |s| s.state == State::Master);
+    t.wait_holder(&t.a, vip);
+
+    let junk = Advert {
+        version: Version::V2,
+        vrid: 95,
+        priority: 100,
+        interval: Centis::from_secs(1),
+        auth: Auth::None,
+        addrs: vec![ip("192.0.2.132")],
+    };
+    let mut bytes = vec![0; junk.buffer_len()];
+    let n = junk
+        .emit(ip("192.0.2.2"), ip("192.0.2.1"), &mut bytes)
+        .unwrap();
+    bytes.truncate(n);
+    let sent = in_netns(&t.b, move || {
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
+        socket.set_ttl_v4(255).unwrap();
+        let dst = SockAddr::from("192.0.2.1:0".parse::<SocketAddrV4>().unwrap());
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        let mut sent = 0u64;
+        while sent < 2_000_000 && std::time::Instant::now() < until {
+            for _ in 0..1000 {
+                if socket.send_to(&bytes, &dst).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    })
+    .unwrap();
+
+    // The flood reached the driver, and A kept advertising through it.
+    // Unicast to a multicast instance: dropped as wrong_destination.
+    let socket = a.wait_socket("flood counted", |s| s.stats.wrong_destination > 0);
+    let after = a.wait_status(94, "A", |_| true);
+    eprintln!(
+        "flood: {sent} packets sent; A's socket {:?}; adverts sent {} -> {}",
+        socket.stats, before.stats.adverts_sent, after.stats.adverts_sent
+    );
+    assert_eq!(after.state, State::Master);
+    assert!(
+        after.stats.adverts_sent >= before.stats.adverts_sent + 2,
+        "adverts during a 3 s flood of {sent}: {} -> {}; socket {:?}",
+        before.stats.adverts_sent,
+        after.stats.adverts_sent,
+        socket.stats
+    );
+    assert!(t.holds(&t.a, vip));
+}
+
+/// Issue 14 item 12 / F15, as keepalived 2.4.3: a unicast instance takes
+/// adverts from a listed peer whatever their TTL (a routed hop apart;
+/// vrrp.c:1027 checks TTL "but not if unicast"), and drops a multicast
+/// advert even from that peer (vrrp.c:1264-1278). The socket joins the group
+/// on the interface, so the multicast advert does reach it.
+#[test]
+fn unicast_takes_a_routed_peers_advert_and_drops_a_multicast_one() {
+    let t = Pair::new();
+    let vip = ip("192.0.2.150");
+    let mut leader = v2_instance(74, 100, "192.0.2.1", "192.0.2.150", 24);
+    leader.unicast_peers = vec![ip("192.0.2.2")];
+    let a = Router::spawn(&t.a, vec![leader]);
+    a.wait_status(74, "A master", |s| s.state == State::Master);
+    t.wait_holder(&t.a, vip);
+
+    // Higher priority, from the listed peer, but to the multicast group.
+    inject_v2(&t.b, "224.0.0.18", 255, 74, 254, "192.0.2.150", false);
+    a.wait_socket("a wrong_destination drop", |s| {
+        s.stats.wrong_destination == 1
+    });
+    assert_eq!(a.wait_status(74, "A", |_| true).state, State::Master);
+    assert!(t.holds(&t.a, vip));
+
+    // The same advert unicast to A, as if it crossed a router (TTL 254):
+    // accepted, A steps down.
+    inject_v2(&t.b, "192.0.2.1", 254, 74, 254, "192.0.2.150", false);
+    a.wait_status(74, "A backup after the routed peer's advert", |s| {
+        s.state == State::Backup
+    });
+    assert_eq!(a.wait_socket("a", |_| true).stats.bad_ttl, 0);
+}
+
+/// An `ip -batch` file in the test's temporary directory: `lines` as
+/// written.
+fn batch_file(name: &str, lines: &[String]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("cplb-{}-{name}.batch", std::process::id()));
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn lost_link_notifications_are_recovered_from_a_dump() {
+    // Issue 14 F11: when the netlink receive buffer overflows, the kernel
+    // drops notifications (ENOBUFS). A link up lost that way left the
+    // instance in Fault for good: nothing else brings it back. With a tiny
+    // receive buffer, a burst of address changes hides the link up among
+    // a thousand other notifications.
+    let t = Pair::new();
+    let vip = ip("192.0.2.100");
+    let a = Router::spawn_with_netlink_buffer(
+        &t.a,
+        vec![v2_instance(51, 200, "192.0.2.1", "192.0.2.100", 24)],
+        Some(1),
+    );
+    t.wait_holder(&t.a, vip);
+    t.lab.ip(&t.a, ["link", "set", "eth0", "down"]).unwrap();
+    a.wait_status(51, "fault while the link is down", |s| {
+        s.state == State::Fault
+    });
+    t.lab
+        .ip(
+            &t.a,
+            [
+                "link", "add", "spam0", "type", "veth", "peer", "name", "spam1",
+            ],
+        )
+        .unwrap();
+    t.lab.ip(&t.a, ["link", "set", "spam0", "up"]).unwrap();
+    let add = |i: u32| format!("addr add 2001:db8:1::{i:x}/128 dev spam0 nodad");
+    let mut lines: Vec<String> = (1..=500).map(add).collect();
+    lines.push("link set eth0 up".to_owned());
+    lines.extend((501..=1000).map(add));
+    let batch = batch_file("overrun", &lines);
+    let out = t.lab.ip(&t.a, ["-batch", batch.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&batch);
+    out.unwrap();
+
+    cplb_e2e::wait_for("an overrun to be counted", WAIT, || {
+        (a.status.borrow().netlink_overruns > 0).then_some(())
+    })
+    .unwrap();
+    // Whatever was lost, the driver knows the link is up again.
+    a.wait_status(51, "master again once the link is up", |s| {
+        s.state == State::Master
+    });
+    t.wait_holder(&t.a, vip);
+}
+
+/// A Backup whose whole process stalls for longer than Master_Down_Interval
+/// while the Master keeps advertising (a paused VM, a starved CPU) finds
+/// the Master's adverts waiting when it runs again: it must read them
+/// before acting on its expired timer, not take the VIP for an instant and
+/// hand it back (seen at 100 ms adverts under load, bench/failover).
+#[test]
+fn a_backup_that_stalls_reads_the_queued_adverts_before_its_timer() {
+    let t = Pair::new();
+    let vip = ip("192.0.2.109");
+    let _a = Router::spawn(
+        &t.a,
+        vec![v2_instance(59, 200, "192.0.2.1", "192.0.2.109", 32)],
+    );
+    let b = Router::spawn(
+        &t.b,
+        vec![v2_instance(59, 100, "192.0.2.2", "192.0.2.109", 32)],
+    );
+    t.wait_holder(&t.a, vip);
+    let before = b.wait_status(59, "b backup", |s| s.state == State::Backup);
+
+    // Master_Down_Interval of priority 100 at 1 s: 3.61 s.
+    b.stall_for(Duration::from_millis(4500));
+    // Two heartbeats of b's driver after the stall: it has handled what
+    // was waiting, timers included.
+    let progress = b.status.borrow().progress;
+    cplb_e2e::wait_for("b's driver runs again", WAIT, || {
+        (b.status.borrow().progress >= progress + 2).then_some(())
+    })
+    .unwrap();
+    let after = b.wait_status(59, "b status", |_| true);
+    assert_eq!(
+        (after.state, after.transitions),
+        (State::Backup, before.transitions),
+        "b took over after its stall"
+    );
+    assert!(t.holds(&t.a, vip) && !t.holds(&t.b, vip));
 }

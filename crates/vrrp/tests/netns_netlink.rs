@@ -200,15 +200,37 @@ fn removes_stale_configured_vips_only() {
     with_host(async |lab, host| {
         let vips = VipManager::new().unwrap();
         let index = vips.interface("eth0").await.unwrap().index;
-        // Left behind by a crashed run, with another prefix than configured.
+        // Left behind by a crashed run, with another prefix than configured,
+        // and with a lease as the driver adds VIPs.
         lab.ip(
             &host.netns,
-            ["addr", "add", "192.0.2.103/24", "dev", "eth0"],
+            [
+                "addr",
+                "add",
+                "192.0.2.103/24",
+                "dev",
+                "eth0",
+                "valid_lft",
+                "60",
+                "preferred_lft",
+                "60",
+            ],
         )
         .unwrap();
         lab.ip(
             &host.netns,
-            ["addr", "add", "2001:db8::103/64", "dev", "eth0", "nodad"],
+            [
+                "addr",
+                "add",
+                "2001:db8::103/64",
+                "dev",
+                "eth0",
+                "nodad",
+                "valid_lft",
+                "60",
+                "preferred_lft",
+                "60",
+            ],
         )
         .unwrap();
         // Not ours.
@@ -217,21 +239,41 @@ fn removes_stale_configured_vips_only() {
             ["addr", "add", "192.0.2.104/24", "dev", "eth0"],
         )
         .unwrap();
+        // A configured VIP that is a permanent address: the node's own, never
+        // a leftover (issue 14, finding 1).
+        lab.ip(
+            &host.netns,
+            ["addr", "add", "192.0.2.105/24", "dev", "eth0"],
+        )
+        .unwrap();
 
         let configured = [
             vip("192.0.2.103/32"),
             vip("2001:db8::103/128"),
             vip("192.0.2.105/32"),
         ];
+        let permanent = vips
+            .permanent_addresses(&configured.map(|v| v.addr))
+            .await
+            .unwrap();
+        assert_eq!(
+            permanent.iter().map(|a| a.addr).collect::<Vec<_>>(),
+            vec![ip("192.0.2.105")]
+        );
         let mut removed = vips.remove_stale(index, &configured).await.unwrap();
         removed.sort();
         assert_eq!(removed, vec![ip("192.0.2.103"), ip("2001:db8::103")]);
+        assert!(matches!(
+            vips.remove_leased_vip(index, ip("192.0.2.105")).await,
+            Err(NetlinkError::PermanentAddress { .. })
+        ));
         let addrs = lab.addresses(&host.netns, "eth0").unwrap();
         assert!(
             !addrs
                 .iter()
                 .any(|a| a.ip == ip("192.0.2.103") || a.ip == ip("2001:db8::103"))
         );
+        assert!(addrs.iter().any(|a| a.ip == ip("192.0.2.105")));
         assert!(addrs.iter().any(|a| a.ip == ip("192.0.2.104")));
     });
 }
@@ -310,5 +352,37 @@ fn reports_link_and_address_events() {
         lab.set_host_link("a", false).unwrap();
         let down = next_matching(&mut events, |e| matches!(e, LinkEvent::LinkDown(_))).await;
         assert_eq!(down, LinkEvent::LinkDown(index));
+    });
+}
+
+#[test]
+fn a_receive_buffer_overrun_is_reported_and_events_continue() {
+    // Issue 14 F11: the kernel drops notifications when the socket's
+    // receive buffer is full; that must come out as an event, not vanish.
+    with_host(async |lab, host| {
+        let mut events = LinkEvents::subscribe_with_buffer(1).unwrap();
+        lab.ip(
+            &host.netns,
+            [
+                "link", "add", "spam0", "type", "veth", "peer", "name", "spam1",
+            ],
+        )
+        .unwrap();
+        lab.ip(&host.netns, ["link", "set", "spam0", "up"]).unwrap();
+        let lines: Vec<String> = (1..=2000)
+            .map(|i: u32| format!("addr add 2001:db8:1::{i:x}/128 dev spam0 nodad"))
+            .collect();
+        let batch = std::env::temp_dir().join(format!("cplb-{}-overrun.batch", std::process::id()));
+        std::fs::write(&batch, lines.join("\n") + "\n").unwrap();
+        // The runtime's only thread is blocked while the burst runs: nothing
+        // reads the socket, so it overflows.
+        let out = lab.ip(&host.netns, ["-batch", batch.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&batch);
+        out.unwrap();
+        next_matching(&mut events, |e| *e == LinkEvent::Overrun).await;
+        // Later changes are still reported.
+        lab.ip(&host.netns, ["link", "set", "spam0", "down"])
+            .unwrap();
+        next_matching(&mut events, |e| matches!(e, LinkEvent::LinkDown(_))).await;
     });
 }

@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use cplb_e2e::{Lab, LinkInfo, in_netns};
+use cplb_vrrp::io::rx::{Classifier, RxDrop};
 use cplb_vrrp::io::socket::{
-    Classifier, DropReason, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, PacketSocket, RecvdPacket, VRRP_TOS,
-    VRRP_TTL, VrrpSocket,
+    ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, PacketSocket, RecvdPacket, VRRP_TOS, VRRP_TTL, VrrpSocket,
 };
 use cplb_vrrp::wire::{
     Advert, Auth, Centis, GARP_FRAME_LEN, MULTICAST_V4, MULTICAST_V6, UNSOLICITED_NA_FRAME_LEN,
@@ -18,6 +18,14 @@ use cplb_vrrp::wire::{
 use tokio::runtime::Runtime;
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// The receive path of one instance (index 0) with VRID `vrid` whose advert
+/// source is `own`.
+fn rx_path(unicast: bool, own: IpAddr, vrid: u8, peers: &[IpAddr]) -> Classifier {
+    let mut c = Classifier::new(unicast);
+    assert!(c.add_instance(0, vrid, own, peers.to_vec()));
+    c
+}
 
 struct TwoHosts {
     lab: Lab,
@@ -137,8 +145,8 @@ fn ipv4_adverts_go_out_like_keepalived_and_arrive_multicast_and_unicast() {
             (got.src, got.dst, got.ttl, got.tos),
             (a_ip, group, VRRP_TTL, Some(VRRP_TOS))
         );
-        let mut classifier = Classifier::new(vec![b_ip], None);
-        assert_eq!(classifier.classify(&got), Ok(v3.clone()));
+        let classifier = rx_path(false, b_ip, 51, &[]);
+        assert_eq!(classifier.classify(&got), Ok((0, v3.clone())));
 
         // On the wire: from A's own MAC to the group's MAC 01:00:5e:00:00:12,
         // TOS 0xc0, TTL 255.
@@ -158,11 +166,11 @@ fn ipv4_adverts_go_out_like_keepalived_and_arrive_multicast_and_unicast() {
             (got.src, got.dst, got.ttl, got.tos),
             (a_ip, b_ip, VRRP_TTL, Some(VRRP_TOS))
         );
-        let mut unicast = Classifier::new(vec![b_ip], Some(vec![a_ip]));
-        assert_eq!(unicast.classify(&got), Ok(v2));
+        let unicast = rx_path(true, b_ip, 52, &[a_ip]);
+        assert_eq!(unicast.classify(&got), Ok((0, v2)));
         // The same packet in unicast mode with another peer list is dropped.
-        let mut others = Classifier::new(vec![b_ip], Some(vec!["192.0.2.9".parse().unwrap()]));
-        assert_eq!(others.classify(&got), Err(DropReason::NotAPeer));
+        let others = rx_path(true, b_ip, 52, &["192.0.2.9".parse().unwrap()]);
+        assert_eq!(others.classify(&got), Err(RxDrop::NotAPeer { instance: 0 }));
 
         // A corrupted advert arrives, and is dropped with its reason.
         let mut bad = emit(&v3, a_ip, group);
@@ -170,10 +178,9 @@ fn ipv4_adverts_go_out_like_keepalived_and_arrive_multicast_and_unicast() {
         sender.send(&bad, a_ip, group).await.unwrap();
         let got = recv(&receiver).await;
         assert_eq!(
-            classifier.classify(&got).unwrap_err().reason(),
+            classifier.classify(&got).unwrap_err().label(),
             "bad_checksum"
         );
-        assert_eq!(classifier.drop_count("bad_checksum"), 1);
 
         // A family mismatch is refused before anything is sent.
         let v6 = IpAddr::V6(MULTICAST_V6);
@@ -206,8 +213,8 @@ fn ipv6_adverts_carry_hop_limit_255_and_tclass_cs6() {
             (got.src, got.dst, got.ttl, got.tos),
             (a_ll, group, VRRP_TTL, Some(VRRP_TOS))
         );
-        let mut classifier = Classifier::new(vec![b_ll], None);
-        assert_eq!(classifier.classify(&got), Ok(v3.clone()));
+        let multicast = rx_path(false, b_ll, 61, &[]);
+        assert_eq!(multicast.classify(&got), Ok((0, v3.clone())));
 
         // Unicast between global addresses.
         let (a_ip, b_ip): (IpAddr, IpAddr) = (
@@ -221,11 +228,15 @@ fn ipv6_adverts_carry_hop_limit_255_and_tclass_cs6() {
         let got = recv(&receiver).await;
         assert_eq!((got.src, got.dst, got.ttl), (a_ip, b_ip, VRRP_TTL));
         assert_eq!(
-            Classifier::new(vec![b_ip], Some(vec![a_ip])).classify(&got),
-            Ok(v3.clone())
+            rx_path(true, b_ip, 61, &[a_ip]).classify(&got),
+            Ok((0, v3.clone()))
         );
-        // In multicast mode a global source is not a VRRP router.
-        assert_eq!(classifier.classify(&got), Err(DropReason::NotLinkLocal));
+        // A unicast destination is not for a multicast instance
+        // (keepalived vrrp.c:1264-1278).
+        assert_eq!(
+            multicast.classify(&got),
+            Err(RxDrop::WrongDestination(b_ip))
+        );
     });
 }
 

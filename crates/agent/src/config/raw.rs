@@ -7,6 +7,7 @@
 //! section they are errors, so a misspelt key is reported, not ignored.
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
 
 /// A k0s `ClusterConfig`, a k0sctl `Cluster`, or a document with just
@@ -18,10 +19,13 @@ pub(crate) struct Document {
     #[serde(default)]
     pub kind: Option<String>,
     #[serde(default)]
-    pub spec: Option<Spec>,
+    pub spec: Option<Spanned<Spec>>,
     /// cplb's own settings, beside the k0s document.
     #[serde(default)]
-    pub cplb: Option<Settings>,
+    pub cplb: Option<Spanned<Settings>>,
+    /// Misplaced: `network` belongs under `spec`.
+    #[serde(default)]
+    pub network: Option<Spanned<IgnoredAny>>,
 }
 
 /// `spec` of a ClusterConfig (api, network) or of a k0sctl Cluster (k0s).
@@ -30,10 +34,16 @@ pub(crate) struct Spec {
     #[serde(default)]
     pub api: Option<Api>,
     #[serde(default)]
-    pub network: Option<Network>,
+    pub network: Option<Spanned<Network>>,
     /// k0sctl: `spec.k0s.config` holds a whole ClusterConfig.
     #[serde(default)]
     pub k0s: Option<K0sctlK0s>,
+    /// Misplaced: cplb's section is top-level, beside `spec`.
+    #[serde(default)]
+    pub cplb: Option<Spanned<IgnoredAny>>,
+    /// Misplaced: belongs under `spec.network`.
+    #[serde(rename = "controlPlaneLoadBalancing", default)]
+    pub control_plane_load_balancing: Option<Spanned<IgnoredAny>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,31 +61,37 @@ pub(crate) struct Api {
 #[derive(Debug, Deserialize)]
 pub(crate) struct Network {
     #[serde(rename = "controlPlaneLoadBalancing", default)]
-    pub control_plane_load_balancing: Option<Cplb>,
+    pub control_plane_load_balancing: Option<Spanned<Cplb>>,
+    /// Misplaced: cplb's section is top-level, beside `spec`.
+    #[serde(default)]
+    pub cplb: Option<Spanned<IgnoredAny>>,
+    /// Misplaced: belongs under `controlPlaneLoadBalancing`.
+    #[serde(default)]
+    pub keepalived: Option<Spanned<IgnoredAny>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Cplb {
     #[serde(default)]
-    pub enabled: Option<bool>,
+    pub enabled: Option<Spanned<bool>>,
     #[serde(rename = "type", default)]
     pub kind: Option<Spanned<String>>,
     #[serde(default)]
-    pub keepalived: Option<Keepalived>,
+    pub keepalived: Option<Spanned<Keepalived>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Keepalived {
     #[serde(rename = "vrrpInstances", default)]
-    pub vrrp_instances: Option<Vec<VrrpInstance>>,
+    pub vrrp_instances: Option<Spanned<Vec<Spanned<VrrpInstance>>>>,
     #[serde(rename = "virtualServers", default)]
-    pub virtual_servers: Option<Vec<VirtualServer>>,
+    pub virtual_servers: Option<Spanned<Vec<Spanned<VirtualServer>>>>,
     #[serde(rename = "userSpaceProxyBindPort", default)]
     pub user_space_proxy_bind_port: Option<Spanned<i64>>,
     #[serde(rename = "disableLoadBalancer", default)]
-    pub disable_load_balancer: Option<bool>,
+    pub disable_load_balancer: Option<Spanned<bool>>,
     #[serde(rename = "configTemplateVRRP", default)]
     pub config_template_vrrp: Option<Spanned<String>>,
     #[serde(rename = "configTemplateVS", default)]
@@ -126,6 +142,8 @@ pub(crate) struct Settings {
     pub vrrp_version: Option<Spanned<i64>>,
     #[serde(default)]
     pub priority: Option<Spanned<i64>>,
+    #[serde(rename = "advertInterval", default)]
+    pub advert_interval: Option<Spanned<String>>,
     #[serde(rename = "adminAddress", default)]
     pub admin_address: Option<Spanned<String>>,
     #[serde(default)]

@@ -190,7 +190,7 @@ fn automatic_vrids_run_out_after_255() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(
         problems[0].message,
-        "automatic virtualRouterIDs exceeded, specify them explicitly"
+        "automatic virtualRouterIDs exceeded, specify them explicitly (instance i gets 51 + i, and a VRID is at most 255)"
     );
     assert!(
         problems[0]
@@ -312,7 +312,7 @@ fn stricter_checks_than_k0s() {
         ),
         (
             "vrrpInstances:\n- virtualIPs: [\"192.0.2.100/24\"]\n  authPass: x\n  virtualRouterID: 60\n- virtualIPs: [\"192.0.2.101/24\"]\n  authPass: x\n  virtualRouterID: 60",
-            "VirtualRouterID 60 is already used by vrrpInstances[0] on interface fake-nic-0",
+            "VirtualRouterID 60 is already used by vrrpInstances[0] (line 9) on interface fake-nic-0",
         ),
         (
             "vrrpInstances:\n- virtualIPs: [\"192.0.2.100/24\"]\n  authPass: x\n  advertIntervalSeconds: -2",
@@ -320,7 +320,7 @@ fn stricter_checks_than_k0s() {
         ),
         (
             "vrrpInstances:\n- virtualIPs: [\"192.0.2.100/24\"]\n  authPass: x\nuserSpaceProxyBindPort: 6443",
-            "UserSpaceProxyPort must differ from the API port 6443",
+            "UserSpaceProxyPort must differ from the API port 6443 (the default of spec.api.port)",
         ),
         (
             "vrrpInstances:\n- virtualIPs: [\"192.0.2.100/24\"]\n  authPass: x\n  unicastSourceIP: 2001:db8::10\n  unicastPeers: [192.0.2.11]",
@@ -376,10 +376,11 @@ fn all_problems_are_reported_at_once_with_positions() {
     assert_eq!(
         rendered,
         vec![
-            "10:33: spec.network.controlPlaneLoadBalancing.keepalived.userSpaceProxyBindPort: UserSpaceProxyPort must differ from the API port 6443",
+            "10:33: spec.network.controlPlaneLoadBalancing.keepalived.userSpaceProxyBindPort: UserSpaceProxyPort must differ from the API port 6443 (the default of spec.api.port)",
             "7:24: spec.network.controlPlaneLoadBalancing.keepalived.vrrpInstances[0].virtualIPs[0]: VirtualIPs must be a CIDR. Got: 192.0.2.100",
             "8:21: spec.network.controlPlaneLoadBalancing.keepalived.vrrpInstances[0].authPass: AuthPass must be 8 characters or less",
-            "spec.network.controlPlaneLoadBalancing.keepalived.vrrpInstances[1].authPass: AuthPass must be defined",
+            // A missing key: the position of the instance that lacks it.
+            "9:11: spec.network.controlPlaneLoadBalancing.keepalived.vrrpInstances[1].authPass: AuthPass must be defined",
         ]
     );
 }
@@ -387,12 +388,13 @@ fn all_problems_are_reported_at_once_with_positions() {
 #[test]
 fn misspelt_keys_are_errors_with_their_position() {
     let doc = keepalived("vrrpInstances:\n- virtualIps: [\"192.0.2.100/24\"]\n  authPass: x");
-    let Err(ConfigError::Syntax(message)) = parse(&doc, &FakeHost) else {
+    let Err(ConfigError::Syntax(problem)) = parse(&doc, &FakeHost) else {
         panic!("expected a syntax error");
     };
+    assert_eq!(problem.position, Some((7, 11)), "{problem}");
     assert!(
-        message.contains("line 7 column 11") && message.contains("unknown field `virtualIps`"),
-        "{message}"
+        problem.message.contains("unknown field `virtualIps`"),
+        "{problem}"
     );
 }
 
@@ -420,6 +422,94 @@ fn cplb_settings_section() {
             "priority must be in the range of 1-254",
             "netfilter must be iptables or nftables. Got: pf"
         ]
+    );
+}
+
+fn with_interval(interval: &str, version: u8, vips: &str) -> String {
+    format!(
+        "{}cplb:\n  vrrpVersion: {version}\n  advertInterval: {interval}\n",
+        keepalived(&format!(
+            "vrrpInstances:\n- virtualIPs: [\"{vips}\"]\n  authPass: x"
+        ))
+    )
+}
+
+#[test]
+fn a_sub_second_advert_interval_runs_every_instance_on_vrrpv3() {
+    let config = ok(&with_interval("100ms", 3, "192.0.2.100/24"));
+    assert_eq!(
+        config.cplb.advert_interval,
+        Some(Duration::from_millis(100))
+    );
+    // advertIntervalSeconds keeps its k0s meaning; the option wins.
+    assert_eq!(config.vrrp_instances[0].advert_interval_seconds, 1);
+    assert_eq!(
+        config.advert_interval(&config.vrrp_instances[0]),
+        Duration::from_millis(100)
+    );
+    assert!(config.to_yaml().contains("advertInterval: 100ms"));
+    // Without it, the instance's seconds; printed as null.
+    let plain = ok(&keepalived(
+        "vrrpInstances:\n- virtualIPs: [\"192.0.2.100/24\"]\n  authPass: x\n  advertIntervalSeconds: 2",
+    ));
+    assert_eq!(
+        plain.advert_interval(&plain.vrrp_instances[0]),
+        Duration::from_secs(2)
+    );
+    assert!(plain.to_yaml().contains("advertInterval: null"));
+    // IPv6 instances run VRRPv3 whatever vrrpVersion says; the extremes.
+    ok(&with_interval("10ms", 2, "2001:db8::100/64"));
+    ok(&with_interval("40.95s", 3, "192.0.2.100/24"));
+    // An instance's own advertIntervalSeconds is overridden: a warning.
+    let both = format!(
+        "{}cplb:\n  vrrpVersion: 3\n  advertInterval: 200ms\n",
+        keepalived(
+            "vrrpInstances:\n- virtualIPs: [\"192.0.2.100/24\"]\n  authPass: x\n  advertIntervalSeconds: 2"
+        )
+    );
+    let warned = ok(&both);
+    assert_eq!(warned.warnings.len(), 1, "{:?}", warned.warnings);
+    assert_eq!(warned.warnings[0].severity, Severity::Warning);
+    assert!(
+        warned.warnings[0]
+            .message
+            .contains("ignored: cplb.advertInterval (200ms)"),
+        "{}",
+        warned.warnings[0].message
+    );
+}
+
+#[test]
+fn advert_intervals_vrrp_cannot_carry_are_refused_with_the_reason() {
+    let v2 = messages(&with_interval("100ms", 2, "192.0.2.100/24"));
+    assert_eq!(v2.len(), 1, "{v2:?}");
+    assert!(
+        v2[0].starts_with("advertInterval (100ms) needs VRRPv3")
+            && v2[0].contains("vrrpInstances[0] runs VRRPv2")
+            && v2[0].contains("keepalived"),
+        "{v2:?}"
+    );
+    assert_eq!(
+        messages(&with_interval("125ms", 3, "192.0.2.100/24")),
+        [
+            "advertInterval must be a whole number of centiseconds, the unit VRRPv3 adverts carry (RFC 5798 §5.2.7): the nearest valid value is 130ms. Got: 125ms"
+        ]
+    );
+    assert!(
+        messages(&with_interval("104ms", 3, "192.0.2.100/24"))[0]
+            .contains("the nearest valid value is 100ms")
+    );
+    for out_of_range in ["5ms", "0s", "-100ms", "41s", "1m"] {
+        assert_eq!(
+            messages(&with_interval(out_of_range, 3, "192.0.2.100/24")),
+            [format!(
+                "advertInterval must be from 10ms to 40.95s: VRRPv3 carries 12 bits of centiseconds (RFC 5798 §5.2.7), and 10ms is also the shortest keepalived accepts. Got: {out_of_range}"
+            )],
+        );
+    }
+    assert_eq!(
+        messages(&with_interval("100", 3, "192.0.2.100/24")),
+        ["advertInterval must be a duration like 100ms or 1s. Got: 100"]
     );
 }
 

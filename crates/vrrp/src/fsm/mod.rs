@@ -121,6 +121,11 @@ pub enum Reason {
     LinkDown,
     /// The interface came back up.
     LinkUp,
+    /// Adverts could not be sent (or VIPs added) several times in a row: a
+    /// Master that cannot be heard must not keep the VIPs.
+    TxFault,
+    /// The wait after a transmit fault is over: start over as Backup.
+    FaultRetry,
 }
 
 impl fmt::Display for Reason {
@@ -142,6 +147,8 @@ impl fmt::Display for Reason {
             Reason::Shutdown => f.write_str("shutdown"),
             Reason::LinkDown => f.write_str("interface down"),
             Reason::LinkUp => f.write_str("interface up"),
+            Reason::TxFault => f.write_str("adverts cannot be sent or VIPs cannot be added"),
+            Reason::FaultRetry => f.write_str("retrying after a transmit fault"),
         }
     }
 }
@@ -250,7 +257,23 @@ pub struct VirtualRouter {
     preempt_after: Option<Instant>,
     /// Why MasterDown is armed, to name the reason when it fires.
     down_cause: DownCause,
+    /// When a lower-priority advert was last answered (rate limit).
+    last_answer: Option<Instant>,
+    /// Lower-priority adverts left unanswered by the rate limit.
+    answers_suppressed: u64,
+    /// When this router last announced its VIPs (GARP / NA) as Master.
+    last_announce: Option<Instant>,
+    /// Re-announcements after a priority-0 advert in the current window:
+    /// when the window started and how many went out in it.
+    resign_answers: (Option<Instant>, u32),
 }
+
+/// Re-announcements after priority-0 adverts allowed per advertisement
+/// interval; more are deferred to the end of the interval, never dropped,
+/// so the last announcement on the LAN is still ours. Three covers a
+/// takeover race among three or four routers; a flood of forged priority-0
+/// adverts gets at most this many bursts per interval.
+const RESIGN_ANSWERS_PER_INTERVAL: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DownCause {
@@ -274,6 +297,10 @@ impl VirtualRouter {
             timers: TimerTable::default(),
             preempt_after: None,
             down_cause: DownCause::Silence,
+            last_answer: None,
+            answers_suppressed: 0,
+            last_announce: None,
+            resign_answers: (None, 0),
         })
     }
 
@@ -290,6 +317,12 @@ impl VirtualRouter {
     /// The current priority.
     pub fn priority(&self) -> u8 {
         self.priority
+    }
+
+    /// Lower-priority adverts a Master left unanswered because it had
+    /// answered one less than an advertisement interval before.
+    pub fn answers_suppressed(&self) -> u64 {
+        self.answers_suppressed
     }
 
     /// RFC 5798 §6.1 Master_Adver_Interval: ours for v2, learned for v3.
@@ -392,6 +425,11 @@ impl VirtualRouter {
     pub fn link_down(&mut self, _now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         let was_master = self.state == State::Master;
+        if self.state == State::Fault {
+            // A transmit fault's retry must not bring a down link back to
+            // Backup: only link_up does.
+            self.timers.stop_all();
+        }
         if matches!(self.state, State::Initialize | State::Fault) {
             return out;
         }
@@ -400,6 +438,29 @@ impl VirtualRouter {
             out.push(Action::RemoveVips);
         }
         self.timers.stop_all();
+        out
+    }
+
+    /// The caller could not send adverts or add the VIPs several times in
+    /// a row (source address gone, a firewall dropping protocol 112, no
+    /// route to the peers, VIPs refused): a Master that nobody hears while
+    /// it keeps the VIPs is a second holder once a Backup takes over. Like
+    /// [`link_down`](Self::link_down): Fault, VIPs released, nothing sent;
+    /// then, `retry_after` later, the router starts over as Backup, and
+    /// from there follows the protocol again (the caller decides what
+    /// counts as sending again). Ignored in Initialize and Fault.
+    pub fn tx_fault(&mut self, now: Instant, retry_after: Duration) -> Vec<Action> {
+        let mut out = Vec::new();
+        if matches!(self.state, State::Initialize | State::Fault) {
+            return out;
+        }
+        let was_master = self.state == State::Master;
+        self.transition(State::Fault, Reason::TxFault, &mut out);
+        if was_master {
+            out.push(Action::RemoveVips);
+        }
+        self.timers.stop_all();
+        self.timers.set(Timer::FaultRetry, now + retry_after);
         out
     }
 
@@ -491,9 +552,11 @@ impl VirtualRouter {
             }
         }
         // RFC 3768 §7.1 / RFC 5798 §7.1: an address list that differs from
-        // ours is dropped unless the sender is the owner (priority 255).
+        // ours is dropped. The RFCs exempt the owner (priority 255); we do
+        // not: nodes here never run as owner, and the exemption would let
+        // any forged priority-255 advert with any list take the VIPs over.
         // keepalived compares the lists as sets.
-        if advert.priority != PRIORITY_OWNER && !same_addresses(&advert.addrs, &self.config.vips) {
+        if !same_addresses(&advert.addrs, &self.config.vips) {
             return Err(RejectReason::Addresses);
         }
         Ok(())
@@ -547,6 +610,12 @@ impl VirtualRouter {
                 Timer::Adver,
                 now + self.config.advert_interval.to_duration(),
             );
+            // Not in the RFCs: a Master that resigns right after it
+            // announced (see `yield_to`) may have announced after us, so
+            // the LAN's ARP / neighbour caches hold its MAC. Announce again
+            // now that it is silent: ours is then the last announcement
+            // (issue 14 F14).
+            self.answer_resignation(now, out);
             return;
         }
         let reason = if advert.priority > self.priority {
@@ -568,10 +637,38 @@ impl VirtualRouter {
                 if self.config.version == Version::V3 && advert.interval.0 > 0 {
                     self.master_adver_interval = advert.interval;
                 }
+                let announced_lately = self
+                    .last_announce
+                    .is_some_and(|at| now < at + self.master_down_interval());
                 self.become_backup(now, reason, out);
                 out.push(Action::RemoveVips);
+                if announced_lately {
+                    // Not in the RFCs (issue 14 F14): two Backups that time
+                    // out together both announce the VIPs, and the loser's
+                    // announcement may reach the LAN after the winner's.
+                    // The loser says it resigned, after its announcements
+                    // (the caller carries out actions in order): the
+                    // winner then announces once more, last. A priority-0
+                    // advert is what a resigning Master sends anyway
+                    // (RFC 3768 §6.4.3 Shutdown); Backups that hear it set
+                    // Skew_Time and reset again on the winner's answer.
+                    out.push(Action::Send(self.advert(PRIORITY_RESIGN)));
+                }
+            }
+            None if self.config.answer_lower_priority
+                && self
+                    .last_answer
+                    .is_some_and(|at| now < at + self.config.advert_interval.to_duration()) =>
+            {
+                // At most one answer per advertisement interval: anyone on
+                // the segment can send lower-priority adverts (v3 has no
+                // auth, v2's is cleartext), and each answer is an advert
+                // plus a burst of announcements per VIP.
+                self.answers_suppressed += 1;
             }
             None if self.config.answer_lower_priority => {
+                self.last_answer = Some(now);
+                self.last_announce = Some(now);
                 // keepalived (vrrp_state_master_rx): answer a lower-priority
                 // advert at once, so the other Master steps down now rather
                 // than at our next advert, and refresh the LAN's ARP caches,
@@ -619,17 +716,22 @@ impl VirtualRouter {
                     );
                 }
                 (Timer::GarpRepeat, State::Master) => {
-                    out.push(Action::Announce {
-                        repeat: self.config.garp.repeat,
-                    });
+                    self.announce(now, &mut out);
+                }
+                (Timer::ReAnnounce, State::Master) => {
+                    // A deferred answer to a resignation (see
+                    // `answer_resignation`).
+                    self.resign_answers = (Some(now), 1);
+                    self.announce(now, &mut out);
                 }
                 (Timer::GarpRefresh, State::Master) => {
-                    out.push(Action::Announce {
-                        repeat: self.config.garp.repeat,
-                    });
+                    self.announce(now, &mut out);
                     if let Some(period) = self.config.garp.refresh {
                         self.timers.set(Timer::GarpRefresh, now + period);
                     }
+                }
+                (Timer::FaultRetry, State::Fault) => {
+                    out.extend(self.startup(now, Reason::FaultRetry));
                 }
                 // A timer of another state is stopped on every transition;
                 // reaching here would be a stale deadline: drop it.
@@ -646,9 +748,8 @@ impl VirtualRouter {
         // RFC 3768 §6.4.1 / §6.4.2: send an ADVERTISEMENT, broadcast
         // gratuitous ARP, set the Adver_Timer.
         out.push(Action::Send(self.advert(self.priority)));
-        out.push(Action::Announce {
-            repeat: self.config.garp.repeat,
-        });
+        self.announce(now, out);
+        self.resign_answers = (None, 0);
         self.timers.set(
             Timer::Adver,
             now + self.config.advert_interval.to_duration(),
@@ -658,6 +759,34 @@ impl VirtualRouter {
         }
         if let Some(period) = self.config.garp.refresh {
             self.timers.set(Timer::GarpRefresh, now + period);
+        }
+    }
+
+    /// A burst of gratuitous ARPs / unsolicited NAs for every VIP.
+    fn announce(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.last_announce = Some(now);
+        out.push(Action::Announce {
+            repeat: self.config.garp.repeat,
+        });
+    }
+
+    /// A Master heard a priority-0 advert: announce again, at most
+    /// [`RESIGN_ANSWERS_PER_INTERVAL`] times per advertisement interval;
+    /// beyond that once at the end of the interval (deferred, not dropped:
+    /// the point is to be the last to announce).
+    fn answer_resignation(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let interval = self.config.advert_interval.to_duration();
+        let (start, count) = match self.resign_answers {
+            (Some(start), count) if now < start + interval => (start, count),
+            _ => (now, 0),
+        };
+        if count < RESIGN_ANSWERS_PER_INTERVAL {
+            self.resign_answers = (Some(start), count + 1);
+            self.announce(now, out);
+        } else {
+            self.resign_answers = (Some(start), count);
+            self.answers_suppressed += 1;
+            self.timers.set(Timer::ReAnnounce, start + interval);
         }
     }
 

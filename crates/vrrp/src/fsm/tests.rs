@@ -482,8 +482,44 @@ fn master_answers_priority_zero_with_an_advert_and_resets_the_timer() {
     let t1 = at + Duration::from_millis(500);
     let advert = peer(&r, 0);
     let actions = r.receive(t1, ip(HIGHER), &advert).unwrap();
-    assert_eq!(actions, vec![Action::Send(r.advert(200))]);
+    // The advert of RFC 3768 §6.4.3, then our announcement again: the
+    // resigning router may have announced after us (issue 14 F14).
+    assert_eq!(
+        actions,
+        vec![Action::Send(r.advert(200)), Action::Announce { repeat: 5 }]
+    );
     assert_eq!(r.poll_timeout(), Some(t1 + Duration::from_secs(1)));
+    assert_eq!(r.state(), State::Master);
+}
+
+#[test]
+fn resignations_are_answered_three_times_an_interval_then_once_at_its_end() {
+    let t0 = Instant::now();
+    let (mut r, at) = master(k0s_config(), t0);
+    let advert = peer(&r, 0);
+    let announces = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Announce { .. }))
+            .count()
+    };
+    let t1 = at + Duration::from_millis(100);
+    for i in 0..10 {
+        let actions = r
+            .receive(t1 + Duration::from_millis(i), ip(LOWER), &advert)
+            .unwrap();
+        assert_eq!(announces(&actions), usize::from(i < 3), "{i}: {actions:?}");
+        assert_eq!(actions.first(), Some(&Action::Send(r.advert(200))));
+    }
+    assert_eq!(r.answers_suppressed(), 7);
+    // The ones held back are answered once, at the end of the interval:
+    // deferred, never dropped, so the last announcement is ours.
+    let end = t1 + Duration::from_secs(1);
+    assert_eq!(
+        announces(&r.handle_timeout(end - Duration::from_millis(1))),
+        0
+    );
+    assert_eq!(announces(&r.handle_timeout(end)), 1);
     assert_eq!(r.state(), State::Master);
 }
 
@@ -506,9 +542,31 @@ fn master_steps_down_for_a_higher_priority() {
                 }
             ),
             Action::RemoveVips,
+            // It announced 300 ms ago, maybe after the new Master did: it
+            // says it resigned, so the new Master announces last (issue 14
+            // F14).
+            Action::Send(r.advert(0)),
         ]
     );
     assert_eq!(r.poll_timeout(), Some(t1 + r.master_down_interval()));
+}
+
+#[test]
+fn a_master_that_has_not_announced_lately_steps_down_silently() {
+    let t0 = Instant::now();
+    let (mut r, at) = master(k0s_config(), t0);
+    // The second burst goes 5 s after the takeover; 20 s later nothing
+    // this router announced can be on the wire any more.
+    let mut now = at;
+    while now < at + Duration::from_secs(20) {
+        now = r.poll_timeout().unwrap();
+        let _ = r.handle_timeout(now);
+    }
+    let advert = peer(&r, 201);
+    let actions = r.receive(now, ip(LOWER), &advert).unwrap();
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert_eq!(actions[1], Action::RemoveVips);
+    assert_eq!(r.state(), State::Backup);
 }
 
 #[test]
@@ -721,7 +779,7 @@ fn adverts_failing_the_router_checks_are_rejected_and_change_nothing() {
 }
 
 #[test]
-fn address_lists_compare_as_sets_and_the_owner_is_exempt() {
+fn address_lists_compare_as_sets_and_even_the_owner_must_match() {
     let t0 = Instant::now();
     let vips = vec![ip("192.0.2.100"), ip("192.0.2.101")];
     let mut r = started(
@@ -736,12 +794,15 @@ fn address_lists_compare_as_sets_and_the_owner_is_exempt() {
         ..peer(&r, 200)
     };
     assert!(r.receive(t0, ip(HIGHER), &reversed).is_ok());
-    // RFC 3768 §7.1: a mismatch from the owner (255) is still processed.
+    // RFC 3768 §7.1 exempts the owner (255); we do not (issue 14 F13).
     let owner = Advert {
         addrs: vec![ip("192.0.2.7")],
         ..peer(&r, 255)
     };
-    assert!(r.receive(t0, ip(HIGHER), &owner).is_ok());
+    assert_eq!(
+        r.receive(t0, ip(HIGHER), &owner),
+        Err(RejectReason::Addresses)
+    );
 }
 
 // ===== interface and priority changes =====
@@ -790,4 +851,65 @@ fn set_priority_advertises_at_once_in_master_and_refuses_reserved_values() {
         vec![150]
     );
     assert_eq!(r.skew_time(), Duration::from_nanos(106 * 3_906_250));
+}
+
+#[test]
+fn a_tx_fault_releases_the_vips_and_retries_as_backup() {
+    let t0 = Instant::now();
+    let (mut r, at) = master(k0s_config(), t0);
+    let retry = Duration::from_secs(3);
+    assert_eq!(
+        r.tx_fault(at, retry),
+        vec![
+            changed(State::Master, State::Fault, Reason::TxFault),
+            Action::RemoveVips
+        ]
+    );
+    assert!(r.tx_fault(at, retry).is_empty(), "already in Fault");
+    // Nothing is sent in Fault; the only deadline is the retry.
+    assert_eq!(r.poll_timeout(), Some(at + retry));
+    assert!(r.handle_timeout(at + retry / 2).is_empty());
+    assert_eq!(
+        r.handle_timeout(at + retry),
+        vec![changed(State::Fault, State::Backup, Reason::FaultRetry)]
+    );
+    assert_eq!(
+        r.poll_timeout(),
+        Some(at + retry + r.master_down_interval())
+    );
+
+    // A Backup's fault removes nothing; a link going down during the wait
+    // cancels the retry: only link_up leaves that Fault.
+    let mut r = started(k0s_config(), t0);
+    assert_eq!(
+        r.tx_fault(t0, retry),
+        vec![changed(State::Backup, State::Fault, Reason::TxFault)]
+    );
+    assert!(r.link_down(t0).is_empty());
+    assert_eq!(r.poll_timeout(), None);
+    assert_eq!(
+        r.link_up(t0),
+        vec![changed(State::Fault, State::Backup, Reason::LinkUp)]
+    );
+}
+
+#[test]
+fn lower_priority_adverts_are_answered_at_most_once_per_interval() {
+    let t0 = Instant::now();
+    let (mut r, at) = master(k0s_config(), t0);
+    let advert = peer(&r, 100);
+    let answered = |actions: Vec<Action>| !sends(&actions).is_empty();
+    assert!(answered(r.receive(at, ip(LOWER), &advert).unwrap()));
+    // A flood within the interval: no more answers, only counted.
+    for n in 1..=50 {
+        let when = at + Duration::from_millis(n * 10);
+        assert_eq!(r.receive(when, ip(LOWER), &advert), Ok(vec![]));
+    }
+    assert_eq!(r.answers_suppressed(), 50);
+    assert_eq!(r.state(), State::Master);
+    // One interval later: answered again.
+    assert!(answered(
+        r.receive(at + Duration::from_secs(1), ip(LOWER), &advert)
+            .unwrap()
+    ));
 }

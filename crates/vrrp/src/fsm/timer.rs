@@ -18,16 +18,24 @@ pub(crate) enum Timer {
     GarpRepeat,
     /// Fires periodically in Master when a GARP refresh interval is set.
     GarpRefresh,
+    /// Fires in Fault after a transmit fault: start over as Backup and see
+    /// whether adverts go out again.
+    FaultRetry,
+    /// Fires once in Master: the deferred re-announcement after a
+    /// priority-0 advert that the rate limit held back.
+    ReAnnounce,
 }
 
 impl Timer {
     /// Every timer, in the order expired timers are handled: a MasterDown
     /// that makes us Master is handled before any Master-only timer.
-    pub(crate) const VALUES: [Timer; 4] = [
+    pub(crate) const VALUES: [Timer; 6] = [
         Timer::MasterDown,
         Timer::Adver,
         Timer::GarpRepeat,
         Timer::GarpRefresh,
+        Timer::FaultRetry,
+        Timer::ReAnnounce,
     ];
 }
 
@@ -38,6 +46,8 @@ pub(crate) struct TimerTable {
     adver: Option<Instant>,
     garp_repeat: Option<Instant>,
     garp_refresh: Option<Instant>,
+    fault_retry: Option<Instant>,
+    re_announce: Option<Instant>,
 }
 
 impl TimerTable {
@@ -47,6 +57,8 @@ impl TimerTable {
             Timer::Adver => &mut self.adver,
             Timer::GarpRepeat => &mut self.garp_repeat,
             Timer::GarpRefresh => &mut self.garp_refresh,
+            Timer::FaultRetry => &mut self.fault_retry,
+            Timer::ReAnnounce => &mut self.re_announce,
         }
     }
 
@@ -56,6 +68,8 @@ impl TimerTable {
             Timer::Adver => self.adver,
             Timer::GarpRepeat => self.garp_repeat,
             Timer::GarpRefresh => self.garp_refresh,
+            Timer::FaultRetry => self.fault_retry,
+            Timer::ReAnnounce => self.re_announce,
         }
     }
 

@@ -7,17 +7,22 @@
 //! announcements go out of a [`PacketSocket`].
 //!
 //! Instances share one raw socket per interface, address family and mode
-//! (multicast or unicast); received adverts are demultiplexed by VRID.
+//! (multicast or unicast); received adverts go through that socket group's
+//! [`Classifier`] (the receive path of [`super::rx`]).
 //!
 //! While Master, every advert sent also re-adds the VIPs with a finite
 //! lifetime (a lease), so if this process is killed, hangs or is frozen,
 //! the kernel removes the VIPs by itself about Master_Down_Interval later,
 //! when the Backups have taken over.
+//!
+//! Start it with [`Driver::builder`]; [`release`] is the crash hand-off of
+//! a process that died as Master.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -25,82 +30,16 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::netlink::{LinkEvent, LinkEvents, NetlinkError, Vip, VipLifetime, VipManager};
-use super::socket::{Classifier, PacketSocket, RecvdPacket, SocketError, VrrpSocket};
-use crate::fsm::{Action, Config, ConfigError, State, VirtualRouter};
+use super::netlink::{LinkEvent, LinkEvents, NetlinkError, Vip, VipManager};
+use super::rx::{Classifier, InstanceStats, SocketStats};
+use super::socket::{PacketSocket, RecvdPacket, SocketError, VrrpSocket};
+use crate::fsm::{Action, PRIORITY_RESIGN, State, VirtualRouter};
 use crate::wire::{
-    GARP_FRAME_LEN, MULTICAST_V4, MULTICAST_V6, UNSOLICITED_NA_FRAME_LEN, gratuitous_arp,
-    unsolicited_na,
+    Advert, GARP_FRAME_LEN, UNSOLICITED_NA_FRAME_LEN, gratuitous_arp, unsolicited_na,
 };
 
-/// The RFC 6724 label keepalived gives IPv6 VIPs by default, so that source
-/// address selection does not prefer them for the node's own traffic.
-pub const DEFAULT_ADDR_LABEL: u32 = 10000;
-
-/// How long the kernel keeps a VIP that is not refreshed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VipLease {
-    /// Three advertisement intervals, rounded up to whole seconds (the
-    /// kernel's unit). A Master that stops refreshing (killed, hung, frozen)
-    /// loses its VIPs about when the Backups' Master_Down_Interval (3 ×
-    /// interval + skew, RFC 3768 §6.1) runs out and one of them takes over,
-    /// so a frozen node's kernel does not keep answering ARP for them. Two
-    /// intervals of slack remain for a late refresh.
-    #[default]
-    Auto,
-    /// A fixed lifetime, longer than the advertisement interval.
-    Fixed(Duration),
-    /// No lease: VIPs stay until removed (keepalived's behaviour).
-    Off,
-}
-
-/// One virtual router to run and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceConfig {
-    /// The state machine's configuration; `router.primary_ip` is the source
-    /// of adverts (for IPv6 multicast, the interface's link-local address,
-    /// RFC 5798 §5.1.2.1).
-    pub router: Config,
-    /// The interface name.
-    pub interface: String,
-    /// Prefix lengths for the VIPs; a VIP of `router.vips` not listed here
-    /// is added as /32 or /128.
-    pub vip_prefixes: Vec<Vip>,
-    /// Unicast peers; empty for multicast.
-    pub unicast_peers: Vec<IpAddr>,
-    /// The VIP lease.
-    pub lease: VipLease,
-    /// RFC 6724 address label for IPv6 VIPs; `None` for none.
-    pub ipv6_addr_label: Option<u32>,
-}
-
-impl InstanceConfig {
-    /// Multicast, automatic lease, default IPv6 label, host prefixes.
-    pub fn new(router: Config, interface: impl Into<String>) -> InstanceConfig {
-        InstanceConfig {
-            router,
-            interface: interface.into(),
-            vip_prefixes: Vec::new(),
-            unicast_peers: Vec::new(),
-            lease: VipLease::Auto,
-            ipv6_addr_label: Some(DEFAULT_ADDR_LABEL),
-        }
-    }
-
-    fn vips(&self) -> Vec<Vip> {
-        self.router
-            .vips
-            .iter()
-            .map(|addr| {
-                self.vip_prefixes
-                    .iter()
-                    .find(|v| v.addr == *addr)
-                    .copied()
-                    .unwrap_or_else(|| Vip::host(*addr))
-            })
-            .collect()
-    }
-}
+pub use super::config::{DEFAULT_ADDR_LABEL, InstanceConfig, InstanceConfigError, VipLease};
+pub use super::status::{Control, DriverStatus, InstanceStatus, SocketStatus};
 
 /// Why the driver could not start (once running, errors are logged and the
 /// routers carry on).
@@ -112,14 +51,28 @@ pub enum DriverError {
     /// A socket could not be opened.
     #[error(transparent)]
     Socket(#[from] SocketError),
-    /// A router configuration is invalid.
+    /// An instance configuration is invalid ([`InstanceConfig::validate`]).
     #[error("VRID {vrid}: {source}")]
     Config {
         /// The instance.
         vrid: u8,
         /// What is wrong.
         #[source]
-        source: ConfigError,
+        source: InstanceConfigError,
+    },
+    /// A VIP is a permanent address of the node (its own address, a typo in
+    /// the configuration?). Refused: acting as Backup would mean removing
+    /// it, and nothing may ever remove the node's own addresses.
+    #[error(
+        "VRID {vrid}: virtual IP {vip} is a permanent address of this node (interface #{ifindex}); a VIP must be an address no node has"
+    )]
+    VipIsNodeAddress {
+        /// The instance.
+        vrid: u8,
+        /// The VIP.
+        vip: IpAddr,
+        /// The interface the address is on.
+        ifindex: u32,
     },
     /// Two instances with one VRID on one interface and family.
     #[error("VRID {vrid} configured twice on {interface}")]
@@ -129,149 +82,171 @@ pub enum DriverError {
         /// The interface.
         interface: String,
     },
-    /// A fixed lease not longer than the advertisement interval would expire
-    /// between two refreshes.
-    #[error("VRID {vrid}: VIP lease {lease:?} must be longer than the advertisement interval")]
-    LeaseTooShort {
-        /// The instance.
-        vrid: u8,
-        /// The lease.
-        lease: Duration,
-    },
-    /// A unicast peer of another address family than the instance.
-    #[error("VRID {vrid}: unicast peer {peer} is of another address family")]
-    PeerFamily {
-        /// The instance.
-        vrid: u8,
-        /// The peer.
-        peer: IpAddr,
-    },
 }
+
+/// Adverts (or VIP adds) in a row that may fail before a Master gives up
+/// its VIPs and goes to Fault (issue 14, finding 4). At the default 1 s
+/// interval that is within the Backups' Master_Down_Interval.
+const TX_FAULT_AFTER: u32 = 3;
+
+/// How often status is published at most while only counters change.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The driver's timer fires at least this often, so that
+/// [`DriverStatus::progress`] moves even while no router timer is due.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Gratuitous ARP / unsolicited NA frames sent at once at most, then
+/// [`ANNOUNCE_RATE`] a second: the first frame of every VIP of a 255-VIP
+/// takeover leaves at once, the other four rounds are spread out, so the
+/// LAN sees at most `ANNOUNCE_BURST + ANNOUNCE_RATE` frames in any second.
+const ANNOUNCE_BURST: f64 = 255.0;
+/// Frames a second once the burst is spent (see [`ANNOUNCE_BURST`]).
+const ANNOUNCE_RATE: f64 = 500.0;
+
+/// Received packets handled per wake-up of the driver at most: enough to
+/// drain the adverts of hundreds of instances in few wake-ups, few enough
+/// that a due timer waits microseconds.
+const RX_BATCH: usize = 32;
+
+/// A timer wake-up this much past its deadline means the process did not
+/// run for a while (a paused VM, a starved CPU): see
+/// [`Runner::read_waiting_packets`].
+const LATE_WAKE_UP: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Pause after a failed receive before trying again.
-const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+const RECV_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Adverts from one socket share one classifier.
-struct Group {
-    ifindex: u32,
-    ifname: String,
-    ipv6: bool,
-    unicast: bool,
-    socket: Arc<VrrpSocket>,
-    classifier: Classifier,
-    announce: Option<PacketSocket>,
-    mac: Option<[u8; 6]>,
-    receiver: Option<AbortHandle>,
+/// Checks `configs` as [`Driver::builder`]'s `run` would at start, without
+/// opening a socket or changing anything: each [`InstanceConfig::validate`],
+/// no VRID twice on one interface and family, every interface present, and
+/// no VIP a permanent address of the node ([`check_vips_not_node_addresses`]).
+pub async fn check_host(configs: &[InstanceConfig]) -> Result<(), DriverError> {
+    let netlink = VipManager::new()?;
+    check_vips_not_node_addresses(&netlink, configs).await?;
+    let mut seen: Vec<(u32, bool, bool, u8)> = Vec::new();
+    for config in configs {
+        let vrid = config.router.vrid;
+        config
+            .validate()
+            .map_err(|source| DriverError::Config { vrid, source })?;
+        let interface = netlink.interface(&config.interface).await?;
+        let key = (
+            interface.index,
+            config.router.primary_ip.is_ipv6(),
+            !config.unicast_peers.is_empty(),
+            vrid,
+        );
+        if seen.contains(&key) {
+            return Err(DriverError::DuplicateVrid {
+                vrid,
+                interface: config.interface.clone(),
+            });
+        }
+        seen.push(key);
+    }
+    Ok(())
 }
 
-struct Instance {
-    config: InstanceConfig,
-    router: VirtualRouter,
-    group: usize,
-    ifindex: u32,
-    vips: Vec<Vip>,
-    rejects: BTreeMap<&'static str, u64>,
-    adverts_received: u64,
-    adverts_sent: u64,
-    transitions: u64,
-    /// The Master as far as we know: ourselves while Master, the source of
-    /// the latest accepted advert while Backup.
-    master: Option<IpAddr>,
+/// Fails if a VIP of `configs` is a permanent address (no lease) on any
+/// interface of the node: the driver refuses to start then, because a VIP
+/// is removed whenever its router is not Master (issue 14, finding 1).
+pub async fn check_vips_not_node_addresses(
+    netlink: &VipManager,
+    configs: &[InstanceConfig],
+) -> Result<(), DriverError> {
+    let vips: Vec<IpAddr> = configs
+        .iter()
+        .flat_map(|c| c.router.vips.iter().copied())
+        .collect();
+    if let Some(found) = netlink.permanent_addresses(&vips).await?.first() {
+        let vrid = configs
+            .iter()
+            .find(|c| c.router.vips.contains(&found.addr))
+            .map_or(0, |c| c.router.vrid);
+        return Err(DriverError::VipIsNodeAddress {
+            vrid,
+            vip: found.addr,
+            ifindex: found.ifindex,
+        });
+    }
+    Ok(())
 }
 
-impl Instance {
-    fn lifetime(&self) -> VipLifetime {
-        match self.config.lease {
-            VipLease::Off => VipLifetime::Forever,
-            VipLease::Fixed(valid) => VipLifetime::lease(valid),
-            VipLease::Auto => {
-                let three = 3 * self.config.router.advert_interval.to_duration();
-                let secs = three.as_secs() + u64::from(three.subsec_nanos() > 0);
-                VipLifetime::lease(Duration::from_secs(secs.max(1)))
-            }
+/// Where a driver publishes its status.
+#[derive(Debug, Default)]
+enum StatusSink {
+    #[default]
+    None,
+    Full(watch::Sender<DriverStatus>),
+    Instances(watch::Sender<Vec<InstanceStatus>>),
+}
+
+/// The entry point: `Driver::builder(configs).status(tx).control(rx).run(cancel)`.
+#[derive(Debug)]
+pub struct Driver {
+    _private: (),
+}
+
+impl Driver {
+    /// A driver for `configs`, to be started with [`DriverBuilder::run`].
+    pub fn builder(configs: Vec<InstanceConfig>) -> DriverBuilder {
+        DriverBuilder {
+            configs,
+            status: StatusSink::None,
+            control: None,
+            netlink_buffer: None,
         }
     }
 }
 
-/// What one instance is doing, published by [`run_with_status`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceStatus {
-    /// The VRID.
-    pub vrid: u8,
-    /// The interface.
-    pub interface: String,
-    /// The router's state.
-    pub state: State,
-    /// Received packets dropped before reaching any router, by reason
-    /// (TTL, own address, decode errors...), on this instance's socket.
-    pub wire_drops: BTreeMap<&'static str, u64>,
-    /// Adverts for this VRID the router rejected, by reason.
-    pub rejects: BTreeMap<&'static str, u64>,
-    /// Adverts for this VRID the router accepted.
-    pub adverts_received: u64,
-    /// Adverts sent (one per destination in unicast mode).
-    pub adverts_sent: u64,
-    /// State changes since start.
-    pub transitions: u64,
-    /// The priority advertised now.
-    pub priority: u8,
-    /// The Master's address as far as this node knows: its own primary
-    /// address while Master, the source of the latest accepted advert while
-    /// Backup, `None` otherwise.
-    pub master: Option<IpAddr>,
-}
-
-/// A change asked of a running driver (see [`run_controlled`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// Advertise `priority` from now on: the instance with `vrid`, or every
-    /// instance when `vrid` is `None` (RFC 5798 §6.4 leaves priority changes
-    /// to the implementation; a Master advertises the new value at once).
-    SetPriority {
-        /// The instance, or all.
-        vrid: Option<u8>,
-        /// The new priority, 1..=254.
-        priority: u8,
-    },
-}
-
-/// Runs `configs` until `cancel` fires, then shuts every router down
-/// gracefully: a Master sends one priority-0 advert, then its VIPs are
-/// removed (RFC 3768 §6.4.3).
-pub async fn run(
+/// The options of a driver; see [`Driver::builder`].
+#[derive(Debug)]
+pub struct DriverBuilder {
     configs: Vec<InstanceConfig>,
-    cancel: CancellationToken,
-) -> Result<(), DriverError> {
-    let mut driver = Driver::start(configs, None).await?;
-    driver.run(cancel).await;
-    Ok(())
+    status: StatusSink,
+    control: Option<mpsc::Receiver<Control>>,
+    netlink_buffer: Option<u32>,
 }
 
-/// [`run`], publishing every instance's [`InstanceStatus`] on `status`
-/// whenever it changes.
-pub async fn run_with_status(
-    configs: Vec<InstanceConfig>,
-    cancel: CancellationToken,
-    status: watch::Sender<Vec<InstanceStatus>>,
-) -> Result<(), DriverError> {
-    let mut driver = Driver::start(configs, Some(status)).await?;
-    driver.run(cancel).await;
-    Ok(())
-}
+impl DriverBuilder {
+    /// Sets the receive buffer of the link and address notification
+    /// socket, to provoke overruns in tests.
+    #[doc(hidden)]
+    pub fn netlink_buffer(mut self, bytes: u32) -> DriverBuilder {
+        self.netlink_buffer = Some(bytes);
+        self
+    }
 
-/// [`run_with_status`], also taking [`Control`]s (priority changes from a
-/// health tracker) from `control`. When `control` closes, the routers keep
-/// their current priorities.
-pub async fn run_controlled(
-    configs: Vec<InstanceConfig>,
-    cancel: CancellationToken,
-    status: watch::Sender<Vec<InstanceStatus>>,
-    control: mpsc::Receiver<Control>,
-) -> Result<(), DriverError> {
-    let mut driver = Driver::start(configs, Some(status)).await?;
-    driver.control = Some(control);
-    driver.run(cancel).await;
-    Ok(())
+    /// Publishes a [`DriverStatus`] on `status` once started and whenever it
+    /// changes.
+    pub fn status(mut self, status: watch::Sender<DriverStatus>) -> DriverBuilder {
+        self.status = StatusSink::Full(status);
+        self
+    }
+
+    /// Publishes only the instances' statuses (replaces
+    /// [`status`](Self::status)).
+    pub fn instance_status(mut self, status: watch::Sender<Vec<InstanceStatus>>) -> DriverBuilder {
+        self.status = StatusSink::Instances(status);
+        self
+    }
+
+    /// Takes [`Control`]s (priority changes from a health tracker) from
+    /// `control`. When it closes, the routers keep their current priorities.
+    pub fn control(mut self, control: mpsc::Receiver<Control>) -> DriverBuilder {
+        self.control = Some(control);
+        self
+    }
+
+    /// Starts every router and runs them until `cancel` fires, then shuts
+    /// them down gracefully: a Master sends one priority-0 advert, then its
+    /// VIPs are removed (RFC 3768 §6.4.3). Fails only at start.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), DriverError> {
+        let mut runner = Runner::start(self.configs, self.status, self.netlink_buffer).await?;
+        runner.control = self.control;
+        runner.run(cancel).await;
+        Ok(())
+    }
 }
 
 /// Crash handoff: for every instance whose VIPs are still on its interface
@@ -287,67 +262,155 @@ pub async fn release(configs: Vec<InstanceConfig>) -> Result<Vec<u8>, DriverErro
     let mut released = Vec::new();
     for config in configs {
         let vrid = config.router.vrid;
-        let router = VirtualRouter::new(config.router.clone())
-            .map_err(|source| DriverError::Config { vrid, source })?;
+        let router =
+            VirtualRouter::new(config.router.clone()).map_err(|e| DriverError::Config {
+                vrid,
+                source: e.into(),
+            })?;
         let interface = netlink.interface(&config.interface).await?;
-        let present: Vec<IpAddr> = netlink
-            .addresses(interface.index)
-            .await?
-            .into_iter()
-            .map(|a| a.addr)
-            .collect();
-        let vips = config.vips();
-        if !vips.iter().any(|v| present.contains(&v.addr)) {
+        // Ours are the VIPs with a lease; a permanent address equal to a
+        // VIP is the node's own and says nothing about who was Master.
+        let leased_only = config.lease != VipLease::Off;
+        let present = netlink.addresses(interface.index).await?;
+        if !config.router.vips.iter().any(|vip| {
+            present
+                .iter()
+                .any(|a| a.addr == *vip && (a.valid_lft.is_some() || !leased_only))
+        }) {
             continue;
         }
-        let socket = if config.router.primary_ip.is_ipv6() {
-            VrrpSocket::open_v6(interface.index, &interface.name)?
-        } else {
-            VrrpSocket::open_v4(interface.index, &interface.name)?
-        };
-        let advert = router.advert(0);
-        let src = config.router.primary_ip;
-        let multicast = [if src.is_ipv6() {
-            IpAddr::V6(MULTICAST_V6)
-        } else {
-            IpAddr::V4(MULTICAST_V4)
-        }];
-        let destinations: &[IpAddr] = if config.unicast_peers.is_empty() {
-            &multicast
-        } else {
-            &config.unicast_peers
-        };
-        let mut buf = vec![0; advert.buffer_len()];
-        for &dst in destinations {
-            match advert.emit(src, dst, &mut buf) {
-                Ok(len) => {
-                    if let Err(e) = socket
-                        .send(buf.get(..len).unwrap_or_default(), src, dst)
-                        .await
-                    {
-                        warn!(component = "vrrp", vrid, %dst, error = %e, "cannot send priority-0 advert");
-                    }
-                }
-                Err(e) => warn!(component = "vrrp", vrid, error = %e, "cannot encode advert"),
-            }
-        }
-        for vip in &vips {
-            if let Err(e) = netlink.remove_vip(interface.index, vip.addr).await {
-                warn!(component = "vrrp", vrid, %vip, error = %e, "cannot remove VIP");
-            }
-            if let (IpAddr::V6(addr), Some(label)) = (vip.addr, config.ipv6_addr_label)
-                && let Err(e) = netlink.remove_addr_label(addr, 128, label).await
-            {
-                warn!(component = "vrrp", vrid, %vip, error = %e, "cannot remove address label");
-            }
-        }
+        let socket = VrrpSocket::open(
+            interface.index,
+            &interface.name,
+            config.router.primary_ip.is_ipv6(),
+        )?;
+        let advert = router.advert(PRIORITY_RESIGN);
+        send_advert(
+            &socket,
+            &advert,
+            config.router.primary_ip,
+            &config.destinations(),
+        )
+        .await;
+        remove_vips(&netlink, interface.index, &config).await;
         info!(component = "vrrp", vrid, interface = %config.interface, "released: priority-0 advert sent, VIPs removed");
         released.push(vrid);
     }
     Ok(released)
 }
 
-struct Driver {
+/// Sends `advert` from `src` to each of `destinations`; returns how many
+/// copies went out. Failures are logged, not returned: the caller counts.
+async fn send_advert(
+    socket: &VrrpSocket,
+    advert: &Advert,
+    src: IpAddr,
+    destinations: &[IpAddr],
+) -> u64 {
+    let mut buf = vec![0; advert.buffer_len()];
+    let mut sent = 0;
+    for &dst in destinations {
+        let len = match advert.emit(src, dst, &mut buf) {
+            Ok(len) => len,
+            Err(e) => {
+                warn!(component = "vrrp", vrid = advert.vrid, error = %e, "cannot encode advert");
+                return sent;
+            }
+        };
+        match socket
+            .send(buf.get(..len).unwrap_or_default(), src, dst)
+            .await
+        {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                warn!(component = "vrrp", vrid = advert.vrid, %dst, error = %e, "cannot send advert");
+            }
+        }
+    }
+    sent
+}
+
+/// Removes the VIPs of `config` and their IPv6 address labels from
+/// interface `ifindex`, logging failures. With a lease, only leased
+/// addresses are removed: a permanent one is the node's own.
+async fn remove_vips(netlink: &VipManager, ifindex: u32, config: &InstanceConfig) {
+    let vrid = config.router.vrid;
+    for vip in config.vips() {
+        let removed = if config.lease == VipLease::Off {
+            netlink.remove_vip(ifindex, vip.addr).await
+        } else {
+            netlink.remove_leased_vip(ifindex, vip.addr).await
+        };
+        match removed {
+            Ok(_) => {}
+            Err(e @ NetlinkError::PermanentAddress { .. }) => {
+                warn!(component = "vrrp", vrid, %vip, error = %e, "VIP is a permanent address now; left in place");
+                continue;
+            }
+            Err(e) => warn!(component = "vrrp", vrid, %vip, error = %e, "cannot remove VIP"),
+        }
+        if let (IpAddr::V6(addr), Some(label)) = (vip.addr, config.ipv6_addr_label)
+            && let Err(e) = netlink.remove_addr_label(addr, 128, label).await
+        {
+            warn!(component = "vrrp", vrid, %vip, error = %e, "cannot remove address label");
+        }
+    }
+}
+
+/// Adverts from one socket share one classifier.
+struct Group {
+    ifindex: u32,
+    ifname: String,
+    ipv6: bool,
+    socket: Arc<VrrpSocket>,
+    rx: Classifier,
+    stats: SocketStats,
+    early: Arc<EarlyDrops>,
+    announce: Option<PacketSocket>,
+    mac: Option<[u8; 6]>,
+    receiver: Option<AbortHandle>,
+}
+
+struct Instance {
+    config: InstanceConfig,
+    router: VirtualRouter,
+    group: usize,
+    ifindex: u32,
+    vips: Vec<Vip>,
+    stats: InstanceStats,
+    transitions: u64,
+    /// The Master as far as we know: ourselves while Master, the source of
+    /// the latest accepted advert while Backup.
+    master: Option<IpAddr>,
+    /// Adverts in a row that went to no destination.
+    send_failures: u32,
+    /// VIP adds in a row that failed.
+    vip_failures: u32,
+    /// Since a transmit fault, until an advert goes out again: VIPs are
+    /// neither added nor announced.
+    probing: bool,
+}
+
+impl Instance {
+    fn status(&self) -> InstanceStatus {
+        InstanceStatus {
+            vrid: self.config.router.vrid,
+            interface: self.config.interface.clone(),
+            version: self.config.router.version,
+            vips: self.vips.clone(),
+            state: self.router.state(),
+            transitions: self.transitions,
+            priority: self.router.priority(),
+            master: self.master,
+            stats: InstanceStats {
+                answers_suppressed: self.router.answers_suppressed(),
+                ..self.stats
+            },
+        }
+    }
+}
+
+struct Runner {
     netlink: VipManager,
     events: LinkEvents,
     events_open: bool,
@@ -356,12 +419,49 @@ struct Driver {
     packets: mpsc::Receiver<(usize, RecvdPacket)>,
     packets_tx: mpsc::Sender<(usize, RecvdPacket)>,
     receivers: JoinSet<()>,
-    status: Option<watch::Sender<Vec<InstanceStatus>>>,
+    status: StatusSink,
     control: Option<mpsc::Receiver<Control>>,
+    /// Timer wake-ups ([`DriverStatus::progress`]).
+    progress: u64,
+    /// Link and address notifications lost to a full receive buffer.
+    netlink_overruns: u64,
+    /// When links and addresses are read again after an overrun.
+    resync_at: Option<Instant>,
+    /// Announcement frames still to send, one entry per VIP: round-robin,
+    /// so every VIP gets its first frame before any gets its second.
+    announcements: VecDeque<PendingAnnounce>,
+    /// Frames that may go out now (a token bucket, see [`ANNOUNCE_RATE`]).
+    announce_tokens: f64,
+    /// When the bucket was last filled.
+    announce_filled: Instant,
+}
+
+/// Frames still owed for one VIP of one instance.
+#[derive(Debug, Clone, Copy)]
+struct PendingAnnounce {
+    instance: usize,
+    vip: Vip,
+    left: u32,
+}
+
+/// After a netlink overrun, how long to wait before reading links and
+/// addresses again: overruns come in storms, and one read after the storm
+/// (or at least this often during it) is enough.
+const RESYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Drops counted by a receiver task, before the packet is queued.
+#[derive(Debug, Default)]
+struct EarlyDrops {
+    packets: AtomicU64,
+    bad_ttl: AtomicU64,
+    queue_full: AtomicU64,
 }
 
 /// Forwards what `group`'s socket receives to the driver, tagged with the
-/// group's index.
+/// group's index. In a multicast group, packets with a TTL other than 255
+/// (RFC 3768 §7.1; unicast peers may be routed, as keepalived) are
+/// dropped here, and so is what does not fit the queue: a flood costs the
+/// driver's task nothing for those.
 fn spawn_receiver(
     receivers: &mut JoinSet<()>,
     index: usize,
@@ -369,15 +469,29 @@ fn spawn_receiver(
     tx: mpsc::Sender<(usize, RecvdPacket)>,
 ) -> AbortHandle {
     let socket = Arc::clone(&group.socket);
+    let early = Arc::clone(&group.early);
+    let unicast = group.rx.is_unicast();
     receivers.spawn(async move {
         // Ends when the driver drops the receiving side, or aborts the task
         // (shutdown, interface re-created).
         loop {
             match socket.recv().await {
                 Ok(packet) => {
-                    if tx.send((index, packet)).await.is_err() {
-                        return;
+                    early.packets.fetch_add(1, Ordering::Relaxed);
+                    if !Classifier::ttl_ok(unicast, packet.ttl) {
+                        early.bad_ttl.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
+                    match tx.try_send((index, packet)) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            early.queue_full.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                    // A receiver that always finds data never yields by
+                    // itself on a current-thread runtime.
+                    tokio::task::yield_now().await;
                 }
                 Err(e) => {
                     // Usually transient (ENOBUFS, ENOMEM): keep the socket,
@@ -402,30 +516,33 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-impl Driver {
+impl Runner {
     async fn start(
         configs: Vec<InstanceConfig>,
-        status: Option<watch::Sender<Vec<InstanceStatus>>>,
-    ) -> Result<Driver, DriverError> {
+        status: StatusSink,
+        netlink_buffer: Option<u32>,
+    ) -> Result<Runner, DriverError> {
         let netlink = VipManager::new()?;
+        check_vips_not_node_addresses(&netlink, &configs).await?;
         // Subscribe before reading any state, so no change falls in between.
-        let events = LinkEvents::subscribe()?;
+        let events = match netlink_buffer {
+            Some(bytes) => LinkEvents::subscribe_with_buffer(bytes)?,
+            None => LinkEvents::subscribe()?,
+        };
         let mut groups: Vec<Group> = Vec::new();
         let mut instances = Vec::new();
         let mut oper_up = HashMap::new();
         for config in configs {
             let vrid = config.router.vrid;
-            let router = VirtualRouter::new(config.router.clone())
+            config
+                .validate()
                 .map_err(|source| DriverError::Config { vrid, source })?;
-            if let VipLease::Fixed(lease) = config.lease
-                && lease <= config.router.advert_interval.to_duration()
-            {
-                return Err(DriverError::LeaseTooShort { vrid, lease });
-            }
+            let router =
+                VirtualRouter::new(config.router.clone()).map_err(|e| DriverError::Config {
+                    vrid,
+                    source: e.into(),
+                })?;
             let ipv6 = config.router.primary_ip.is_ipv6();
-            if let Some(&peer) = config.unicast_peers.iter().find(|p| p.is_ipv6() != ipv6) {
-                return Err(DriverError::PeerFamily { vrid, peer });
-            }
             if let IpAddr::V6(primary) = config.router.primary_ip
                 && config.unicast_peers.is_empty()
                 && !primary.is_unicast_link_local()
@@ -438,21 +555,15 @@ impl Driver {
             oper_up.insert(interface.index, interface.oper_up);
             let unicast = !config.unicast_peers.is_empty();
             let group = match groups.iter().position(|g| {
-                g.ifindex == interface.index && g.ipv6 == ipv6 && g.unicast == unicast
+                g.ifindex == interface.index && g.ipv6 == ipv6 && g.rx.is_unicast() == unicast
             }) {
                 Some(g) => g,
                 None => {
-                    let socket = if ipv6 {
-                        VrrpSocket::open_v6(interface.index, &interface.name)?
-                    } else {
-                        VrrpSocket::open_v4(interface.index, &interface.name)?
-                    };
-                    let own = netlink
-                        .addresses(interface.index)
-                        .await?
-                        .into_iter()
-                        .map(|a| a.addr)
-                        .collect();
+                    let socket = VrrpSocket::open(interface.index, &interface.name, ipv6)?;
+                    let mut rx = Classifier::new(unicast);
+                    for own in netlink.addresses(interface.index).await? {
+                        rx.add_own_addr(own.addr);
+                    }
                     let announce = match interface.mac {
                         Some(_) => Some(PacketSocket::open(interface.index, 0)?),
                         None => None,
@@ -461,9 +572,10 @@ impl Driver {
                         ifindex: interface.index,
                         ifname: interface.name.clone(),
                         ipv6,
-                        unicast,
                         socket: Arc::new(socket),
-                        classifier: Classifier::new(own, unicast.then(Vec::new)),
+                        rx,
+                        stats: SocketStats::default(),
+                        early: Arc::default(),
                         announce,
                         mac: interface.mac,
                         receiver: None,
@@ -471,22 +583,19 @@ impl Driver {
                     groups.len() - 1
                 }
             };
-            if instances
-                .iter()
-                .any(|i: &Instance| i.group == group && i.config.router.vrid == vrid)
-            {
+            let added = groups.get_mut(group).is_some_and(|g| {
+                g.rx.add_instance(
+                    instances.len(),
+                    vrid,
+                    config.router.primary_ip,
+                    config.unicast_peers.clone(),
+                )
+            });
+            if !added {
                 return Err(DriverError::DuplicateVrid {
                     vrid,
                     interface: config.interface,
                 });
-            }
-            if let Some(g) = groups.get_mut(group) {
-                g.classifier.own_addrs.push(config.router.primary_ip);
-                if let Some(peers) = g.classifier.unicast_peers.as_mut() {
-                    // The socket accepts every instance's peers; each
-                    // instance then checks its own list.
-                    peers.extend(config.unicast_peers.iter().copied());
-                }
             }
             let vips = config.vips();
             // A VIP still on the interface was left by a crashed run; we
@@ -502,10 +611,11 @@ impl Driver {
                 group,
                 ifindex: interface.index,
                 vips,
-                rejects: BTreeMap::new(),
-                adverts_received: 0,
-                adverts_sent: 0,
+                stats: InstanceStats::default(),
                 transitions: 0,
+                send_failures: 0,
+                vip_failures: 0,
+                probing: false,
                 master: None,
             });
         }
@@ -521,7 +631,7 @@ impl Driver {
             ));
         }
 
-        let mut driver = Driver {
+        let mut driver = Runner {
             netlink,
             events,
             events_open: true,
@@ -532,6 +642,12 @@ impl Driver {
             receivers,
             status,
             control: None,
+            progress: 0,
+            netlink_overruns: 0,
+            resync_at: None,
+            announcements: VecDeque::new(),
+            announce_tokens: ANNOUNCE_BURST,
+            announce_filled: now(),
         };
         let t = now();
         for index in 0..driver.instances.len() {
@@ -548,43 +664,86 @@ impl Driver {
         Ok(driver)
     }
 
+    fn status(&self) -> DriverStatus {
+        let instances: Vec<InstanceStatus> = self.instances.iter().map(Instance::status).collect();
+        let mut sockets = Vec::new();
+        for (index, group) in self.groups.iter().enumerate() {
+            let members: Vec<usize> = (0..self.instances.len())
+                .filter(|&i| self.instances.get(i).is_some_and(|x| x.group == index))
+                .collect();
+            sockets.push(SocketStatus {
+                interface: group.ifname.clone(),
+                ipv6: group.ipv6,
+                unicast: group.rx.is_unicast(),
+                vrids: members
+                    .iter()
+                    .filter_map(|&i| self.instances.get(i))
+                    .map(|i| i.config.router.vrid)
+                    .collect(),
+                stats: SocketStats {
+                    packets_received: group.early.packets.load(Ordering::Relaxed),
+                    bad_ttl: group.stats.bad_ttl + group.early.bad_ttl.load(Ordering::Relaxed),
+                    queue_full: group.early.queue_full.load(Ordering::Relaxed),
+                    ..group.stats
+                },
+            });
+        }
+        DriverStatus {
+            instances,
+            sockets,
+            progress: self.progress,
+            netlink_overruns: self.netlink_overruns,
+        }
+    }
+
     fn publish(&self) {
-        let Some(status) = &self.status else { return };
-        let current: Vec<InstanceStatus> = self
-            .instances
-            .iter()
-            .map(|i| InstanceStatus {
-                vrid: i.config.router.vrid,
-                interface: i.config.interface.clone(),
-                state: i.router.state(),
-                wire_drops: self
-                    .groups
-                    .get(i.group)
-                    .map(|g| g.classifier.drops().clone())
-                    .unwrap_or_default(),
-                rejects: i.rejects.clone(),
-                adverts_received: i.adverts_received,
-                adverts_sent: i.adverts_sent,
-                transitions: i.transitions,
-                priority: i.router.priority(),
-                master: i.master,
-            })
-            .collect();
-        status.send_if_modified(|published| {
-            let changed = *published != current;
-            if changed {
-                *published = current;
-            }
-            changed
-        });
+        fn send<T: PartialEq>(tx: &watch::Sender<T>, current: T) {
+            tx.send_if_modified(|published| {
+                let changed = *published != current;
+                if changed {
+                    *published = current;
+                }
+                changed
+            });
+        }
+        match &self.status {
+            StatusSink::None => {}
+            StatusSink::Full(tx) => send(tx, self.status()),
+            StatusSink::Instances(tx) => send(tx, self.status().instances),
+        }
+    }
+
+    /// After a late wake-up, handles the packets that arrived while the
+    /// process did not run (a bounded batch, so a flood still cannot hold
+    /// the timers back), before the timers that expired meanwhile: a
+    /// Backup's Master_Down timer is then judged on the adverts the Master
+    /// did send (RFC 5798 §6.4.2: an advert from the Master resets it)
+    /// instead of taking over for an instant. The yield lets the receiver
+    /// tasks, woken by the same wake-up, queue what their sockets hold.
+    async fn read_waiting_packets(&mut self) {
+        tokio::task::yield_now().await;
+        for _ in 0..RX_BATCH {
+            let Ok((group, packet)) = self.packets.try_recv() else {
+                break;
+            };
+            self.on_packet(group, packet).await;
+        }
     }
 
     async fn run(&mut self, cancel: CancellationToken) {
+        let mut last_publish = now();
+        let mut publish_pending = false;
+        let mut last_wake = now();
         loop {
+            let publish_at = publish_pending.then(|| last_publish + PUBLISH_EVERY);
             let deadline = self
                 .instances
                 .iter()
                 .filter_map(|i| i.router.poll_timeout())
+                .chain(publish_at)
+                .chain(Some(last_wake + HEARTBEAT))
+                .chain(self.resync_at)
+                .chain(self.next_announce_at())
                 .min();
             let sleep = async {
                 match deadline {
@@ -592,15 +751,36 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            // Timers, control and link events before packets: a flood of
+            // protocol-112 packets must not starve adverts and takeovers
+            // (issue 14, finding 7). At most RX_BATCH packets per wake-up,
+            // so the timers are looked at again after each batch.
+            let mut packet_only = false;
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
+                () = sleep => {
+                    self.progress += 1;
+                    let woke = now();
+                    last_wake = woke;
+                    if deadline.is_some_and(|at| woke > at + LATE_WAKE_UP) {
+                        self.read_waiting_packets().await;
+                    }
+                    if self.resync_at.is_some_and(|at| at <= now()) {
+                        self.resync_at = None;
+                        self.resync().await;
+                    }
+                    self.on_timeout().await;
+                }
                 control = recv_control(&mut self.control) => match control {
                     Some(control) => self.on_control(control).await,
                     None => self.control = None,
                 },
-                Some((group, packet)) = self.packets.recv() => self.on_packet(group, packet).await,
                 event = self.events.next(), if self.events_open => match event {
+                    Some(LinkEvent::Overrun) => {
+                        self.netlink_overruns += 1;
+                        self.resync_at.get_or_insert_with(|| now() + RESYNC_DELAY);
+                    }
                     Some(event) => self.on_link_event(event).await,
                     None => {
                         // The netlink socket failed: routers keep running,
@@ -609,9 +789,31 @@ impl Driver {
                         self.events_open = false;
                     }
                 },
-                () = sleep => self.on_timeout().await,
+                Some((group, packet)) = self.packets.recv() => {
+                    // A bounded batch per wake-up: what is already queued,
+                    // up to RX_BATCH, then timers and events are looked at
+                    // again.
+                    let mut changed = self.on_packet(group, packet).await;
+                    for _ in 1..RX_BATCH {
+                        let Ok((group, packet)) = self.packets.try_recv() else {
+                            break;
+                        };
+                        changed |= self.on_packet(group, packet).await;
+                    }
+                    packet_only = !changed;
+                }
             }
-            self.publish();
+            self.send_announcements().await;
+            // Status at most every PUBLISH_EVERY while only counters move;
+            // state changes at once.
+            let t = now();
+            if packet_only && t < last_publish + PUBLISH_EVERY {
+                publish_pending = true;
+            } else {
+                self.publish();
+                last_publish = t;
+                publish_pending = false;
+            }
         }
         self.shutdown().await;
         self.publish();
@@ -669,52 +871,56 @@ impl Driver {
         }
     }
 
-    async fn on_packet(&mut self, group_index: usize, packet: RecvdPacket) {
+    /// Handles one received packet; returns whether anything but counters
+    /// may have changed (the router accepted it).
+    async fn on_packet(&mut self, group_index: usize, packet: RecvdPacket) -> bool {
         let Some(group) = self.groups.get_mut(group_index) else {
-            return;
+            return false;
         };
-        let advert = match group.classifier.classify(&packet) {
-            Ok(advert) => advert,
-            Err(reason) => {
-                debug!(component = "vrrp", ifindex = group.ifindex, src = %packet.src, reason = reason.reason(), "advert dropped");
-                return;
+        let (index, advert) = match group.rx.classify(&packet) {
+            Ok(accepted) => accepted,
+            Err(drop) => {
+                match drop.instance().and_then(|i| self.instances.get_mut(i)) {
+                    Some(instance) => instance.stats.not_a_peer += 1,
+                    None => group.stats.count(&drop),
+                }
+                debug!(component = "vrrp", ifindex = group.ifindex, src = %packet.src, reason = drop.label(), "advert dropped");
+                return false;
             }
         };
-        let Some(index) = self
-            .instances
-            .iter()
-            .position(|i| i.group == group_index && i.config.router.vrid == advert.vrid)
-        else {
-            // RFC 3768 §7.1: "MUST verify that the VRID is configured".
-            group.classifier.count("unknown_vrid");
-            debug!(component = "vrrp", vrid = advert.vrid, src = %packet.src, "advert for a VRID not configured here");
-            return;
-        };
         let Some(instance) = self.instances.get_mut(index) else {
-            return;
+            return false;
         };
-        if !instance.config.unicast_peers.is_empty()
-            && !instance.config.unicast_peers.contains(&packet.src)
-        {
-            *instance.rejects.entry("not_a_peer").or_insert(0) += 1;
-            return;
-        }
         match instance.router.receive(now(), packet.src, &advert) {
             Ok(actions) => {
-                instance.adverts_received += 1;
+                instance.stats.adverts_received += 1;
+                if advert.priority == PRIORITY_RESIGN {
+                    instance.stats.priority_zero_received += 1;
+                }
                 if instance.router.state() == State::Backup && advert.priority > 0 {
                     instance.master = Some(packet.src);
                 }
                 self.apply(index, actions).await;
+                true
             }
             Err(reason) => {
-                *instance.rejects.entry(reason.reason()).or_insert(0) += 1;
+                instance.stats.count_reject(&reason);
                 debug!(component = "vrrp", vrid = advert.vrid, src = %packet.src, reason = reason.reason(), "advert rejected");
+                false
             }
         }
     }
 
     async fn on_link_event(&mut self, event: LinkEvent) {
+        // The echo of our own VIP adds and lease renewals: nothing to do.
+        if let LinkEvent::AddressAdded(index, addr) = event
+            && self
+                .instances
+                .iter()
+                .any(|i| i.ifindex == index && i.vips.iter().any(|v| v.addr == addr))
+        {
+            return;
+        }
         // Keep each socket's idea of "our own addresses" current, so a
         // packet from an address added later is still recognised as ours.
         match event {
@@ -724,23 +930,12 @@ impl Driver {
                     .iter_mut()
                     .filter(|g| g.ifindex == index && g.ipv6 == addr.is_ipv6())
                 {
-                    if !group.classifier.own_addrs.contains(&addr) {
-                        group.classifier.own_addrs.push(addr);
-                    }
+                    group.rx.add_own_addr(addr);
                 }
             }
             LinkEvent::AddressRemoved(index, addr) => {
-                let primaries: Vec<IpAddr> = self
-                    .instances
-                    .iter()
-                    .map(|i| i.config.router.primary_ip)
-                    .collect();
                 for group in self.groups.iter_mut().filter(|g| g.ifindex == index) {
-                    // Our configured advert sources always stay ours.
-                    group
-                        .classifier
-                        .own_addrs
-                        .retain(|a| *a != addr || primaries.contains(a));
+                    group.rx.remove_own_addr(addr);
                 }
             }
             _ => {}
@@ -765,14 +960,89 @@ impl Driver {
                         && instance.router.state() == State::Master
                         && instance.vips.iter().any(|v| v.addr == addr) =>
                 {
+                    if instance.probing {
+                        continue;
+                    }
                     warn!(component = "vrrp", vrid = instance.config.router.vrid, %addr,
                         "VIP removed from the interface while Master; putting it back");
-                    self.add_vips(index).await;
-                    continue;
+                    if self.add_vips(index).await {
+                        continue;
+                    }
+                    self.tx_fault(index)
                 }
                 _ => continue,
             };
             self.apply(index, actions).await;
+        }
+    }
+
+    /// Notifications were lost (issue 14 F11): a missed link down or up,
+    /// a VIP removed by hand, an interface re-created would go unseen.
+    /// Reads the links and addresses of our interfaces again and feeds
+    /// what differs from what we believe as the events we missed.
+    async fn resync(&mut self) {
+        warn!(
+            component = "vrrp",
+            overruns = self.netlink_overruns,
+            "link and address notifications lost (netlink receive buffer full); reading links and addresses again"
+        );
+        let mut missed = Vec::new();
+        // Each interface by name: gone, re-created under a new index, or
+        // up or down now.
+        let mut names: Vec<(String, u32)> = self
+            .groups
+            .iter()
+            .map(|g| (g.ifname.clone(), g.ifindex))
+            .collect();
+        names.dedup();
+        for (name, old) in names {
+            match self.netlink.interface(&name).await {
+                Ok(interface) => {
+                    if interface.index != old {
+                        missed.push(LinkEvent::LinkDeleted(old));
+                    }
+                    missed.push(if interface.oper_up {
+                        LinkEvent::LinkUp(interface.index)
+                    } else {
+                        LinkEvent::LinkDown(interface.index)
+                    });
+                }
+                Err(NetlinkError::NoSuchInterface(_)) => missed.push(LinkEvent::LinkDeleted(old)),
+                Err(e) => {
+                    warn!(component = "vrrp", interface = %name, error = %e, "cannot read the interface again");
+                }
+            }
+        }
+        for event in missed {
+            self.on_link_event(event).await;
+        }
+        // Our own addresses (for the receive path), and VIPs a Master
+        // should have and has not.
+        let mut ifindexes: Vec<u32> = self.groups.iter().map(|g| g.ifindex).collect();
+        ifindexes.dedup();
+        for ifindex in ifindexes {
+            let present = match self.netlink.addresses(ifindex).await {
+                Ok(present) => present,
+                Err(e) => {
+                    warn!(component = "vrrp", ifindex, error = %e, "cannot read the addresses again");
+                    continue;
+                }
+            };
+            for address in &present {
+                self.on_link_event(LinkEvent::AddressAdded(ifindex, address.addr))
+                    .await;
+            }
+            let gone: Vec<IpAddr> = self
+                .instances
+                .iter()
+                .filter(|i| i.ifindex == ifindex && i.router.state() == State::Master)
+                .flat_map(|i| i.vips.iter().map(|v| v.addr))
+                .filter(|vip| !present.iter().any(|a| a.addr == *vip))
+                .collect();
+            for vip in gone {
+                self.on_link_event(LinkEvent::AddressRemoved(ifindex, vip))
+                    .await;
+            }
         }
     }
 
@@ -790,11 +1060,7 @@ impl Driver {
             if group.ifname != interface.name || group.ifindex == ifindex {
                 continue;
             }
-            let opened = if group.ipv6 {
-                VrrpSocket::open_v6(ifindex, &interface.name)
-            } else {
-                VrrpSocket::open_v4(ifindex, &interface.name)
-            };
+            let opened = VrrpSocket::open(ifindex, &interface.name, group.ipv6);
             let announce = interface
                 .mac
                 .map(|_| PacketSocket::open(ifindex, 0))
@@ -832,157 +1098,284 @@ impl Driver {
     }
 
     async fn apply(&mut self, index: usize, actions: Vec<Action>) {
-        for action in actions {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
             let Some(instance) = self.instances.get(index) else {
                 return;
             };
             let vrid = instance.config.router.vrid;
+            let probing = instance.probing;
+            let mut fault = false;
             match action {
                 Action::StateChanged { from, to, reason } => {
                     info!(component = "vrrp", vrid, interface = %instance.config.interface, %from, %to, %reason, "state changed");
                     if let Some(instance) = self.instances.get_mut(index) {
                         instance.transitions += 1;
+                        if to == State::Master {
+                            instance.stats.became_master += 1;
+                        }
                         instance.master = match to {
                             State::Master => Some(instance.config.router.primary_ip),
                             _ => None,
                         };
                     }
                 }
-                Action::AddVips => self.add_vips(index).await,
-                Action::RemoveVips => self.remove_vips(index).await,
-                Action::Send(advert) => {
-                    let sent = self.send(index, &advert).await;
-                    if let Some(instance) = self.instances.get_mut(index) {
-                        instance.adverts_sent += sent;
-                    }
-                    // Each advert a Master sends renews the VIP lease.
-                    let renew = self.instances.get(index).is_some_and(|i| {
-                        i.router.state() == State::Master && i.config.lease != VipLease::Off
-                    });
-                    if renew {
-                        self.add_vips(index).await;
-                    }
+                // After a transmit fault the VIPs wait until an advert has
+                // gone out: a Master nobody hears must not hold them.
+                Action::AddVips if probing => {
+                    debug!(
+                        component = "vrrp",
+                        vrid, "VIPs wait until an advert goes out"
+                    );
                 }
-                Action::Announce { repeat } => self.announce(index, repeat).await,
+                Action::AddVips => fault = !self.add_vips(index).await,
+                Action::RemoveVips => {
+                    // Nothing more announced for VIPs we give up; what is
+                    // sent next (a priority-0 advert) follows what went out.
+                    self.announcements.retain(|a| a.instance != index);
+                    self.remove_vips(index).await;
+                }
+                Action::Send(advert) => fault = self.on_sent(index, &advert).await,
+                Action::Announce { .. } if probing => {}
+                // Sent (paced) once this wake-up's work is done, so that a
+                // takeover of many instances announces every VIP once
+                // before any twice.
+                Action::Announce { repeat } => self.queue_announce(index, repeat),
+            }
+            if fault {
+                let actions = self.tx_fault(index);
+                if !actions.is_empty() {
+                    queue.clear();
+                    queue.extend(actions);
+                }
             }
         }
     }
 
-    /// Sends `advert` to the instance's destinations; returns how many
-    /// copies went out.
-    async fn send(&self, index: usize, advert: &crate::wire::Advert) -> u64 {
+    /// Gives up mastership after repeated transmit failures; returns the
+    /// router's actions (VIPs removed) for [`apply`](Self::apply).
+    fn tx_fault(&mut self, index: usize) -> Vec<Action> {
+        let Some(instance) = self.instances.get_mut(index) else {
+            return Vec::new();
+        };
+        let retry = instance.router.master_down_interval();
+        let actions = instance.router.tx_fault(now(), retry);
+        if !actions.is_empty() {
+            instance.stats.tx_faults += 1;
+            instance.probing = true;
+            warn!(
+                component = "vrrp",
+                vrid = instance.config.router.vrid,
+                send_failures = instance.send_failures,
+                vip_failures = instance.vip_failures,
+                ?retry,
+                "adverts cannot be sent or VIPs cannot be added: giving up mastership"
+            );
+        }
+        actions
+    }
+
+    /// Sends `advert` and, if it went out while Master, renews the VIP
+    /// lease: only a Master that is heard may keep its VIPs (issue 14,
+    /// finding 4). Returns true when the instance must go to Fault:
+    /// [`TX_FAULT_AFTER`] adverts or VIP adds in a row failed.
+    async fn on_sent(&mut self, index: usize, advert: &Advert) -> bool {
+        let sent = self.send(index, advert).await;
+        if advert.priority == PRIORITY_RESIGN {
+            // Shutdown or release: nothing to renew, nothing to give up.
+            return false;
+        }
+        let Some(instance) = self.instances.get_mut(index) else {
+            return false;
+        };
+        let master = instance.router.state() == State::Master;
+        if sent == 0 {
+            instance.send_failures = instance.send_failures.saturating_add(1);
+            return master && instance.send_failures >= TX_FAULT_AFTER;
+        }
+        instance.send_failures = 0;
+        let renew = if instance.probing {
+            instance.probing = false;
+            info!(
+                component = "vrrp",
+                vrid = advert.vrid,
+                "adverts go out again"
+            );
+            master
+        } else {
+            master && instance.config.lease != VipLease::Off
+        };
+        renew && !self.add_vips(index).await
+    }
+
+    /// Sends `advert` to the instance's destinations and counts it;
+    /// returns how many copies went out.
+    async fn send(&mut self, index: usize, advert: &Advert) -> u64 {
         let Some(instance) = self.instances.get(index) else {
             return 0;
         };
         let Some(group) = self.groups.get(instance.group) else {
             return 0;
         };
-        let src = instance.config.router.primary_ip;
-        let multicast = [if group.ipv6 {
-            IpAddr::V6(MULTICAST_V6)
-        } else {
-            IpAddr::V4(MULTICAST_V4)
-        }];
-        let destinations: &[IpAddr] = if instance.config.unicast_peers.is_empty() {
-            &multicast
-        } else {
-            &instance.config.unicast_peers
-        };
-        let mut buf = vec![0; advert.buffer_len()];
-        let mut sent = 0;
-        for &dst in destinations {
-            let len = match advert.emit(src, dst, &mut buf) {
-                Ok(len) => len,
-                Err(e) => {
-                    warn!(component = "vrrp", vrid = advert.vrid, error = %e, "cannot encode advert");
-                    return sent;
-                }
-            };
-            match group
-                .socket
-                .send(buf.get(..len).unwrap_or_default(), src, dst)
-                .await
-            {
-                Ok(()) => sent += 1,
-                Err(e) => {
-                    warn!(component = "vrrp", vrid = advert.vrid, error = %e, "cannot send advert");
-                }
+        let destinations = instance.config.destinations();
+        let sent = send_advert(
+            &group.socket,
+            advert,
+            instance.config.router.primary_ip,
+            &destinations,
+        )
+        .await;
+        if let Some(instance) = self.instances.get_mut(index) {
+            let stats = &mut instance.stats;
+            stats.adverts_sent += sent;
+            stats.send_errors += destinations.len() as u64 - sent;
+            if advert.priority == PRIORITY_RESIGN {
+                stats.priority_zero_sent += sent;
             }
         }
         sent
     }
 
-    async fn add_vips(&self, index: usize) {
+    /// Adds (or refreshes) the instance's VIPs and labels; returns false
+    /// once [`TX_FAULT_AFTER`] adds in a row have failed.
+    async fn add_vips(&mut self, index: usize) -> bool {
         let Some(instance) = self.instances.get(index) else {
-            return;
+            return false;
         };
-        let lifetime = instance.lifetime();
-        for vip in &instance.vips {
-            if let Err(e) = self.netlink.add_vip(instance.ifindex, *vip, lifetime).await {
-                warn!(component = "vrrp", vrid = instance.config.router.vrid, %vip, error = %e, "cannot add VIP");
+        let lifetime = instance.config.lifetime();
+        let vrid = instance.config.router.vrid;
+        let label = instance.config.ipv6_addr_label;
+        let netlink = &self.netlink;
+        // Every VIP's request in flight at once, answers read as they come:
+        // one wake-up for many VIPs rather than one round trip each
+        // (issue 15: one instance with 100 VIPs renews 100 leases a second).
+        let adds = instance.vips.iter().map(|vip| async move {
+            let mut ok = true;
+            if let Err(e) = netlink.add_vip(instance.ifindex, *vip, lifetime).await {
+                warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add VIP");
+                ok = false;
             }
-            if let (IpAddr::V6(addr), Some(label)) = (vip.addr, instance.config.ipv6_addr_label)
-                && let Err(e) = self.netlink.add_addr_label(addr, 128, label).await
+            if let (IpAddr::V6(addr), Some(label)) = (vip.addr, label)
+                && let Err(e) = netlink.add_addr_label(addr, 128, label).await
             {
-                warn!(component = "vrrp", vrid = instance.config.router.vrid, %vip, error = %e, "cannot add address label");
+                warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add address label");
             }
+            ok
+        });
+        let failed = futures_util::future::join_all(adds)
+            .await
+            .into_iter()
+            .filter(|ok| !ok)
+            .count() as u64;
+        let Some(instance) = self.instances.get_mut(index) else {
+            return false;
+        };
+        instance.stats.vip_errors += failed;
+        if failed == 0 {
+            instance.vip_failures = 0;
+            return true;
         }
+        instance.vip_failures = instance.vip_failures.saturating_add(1);
+        instance.vip_failures < TX_FAULT_AFTER
     }
 
     async fn remove_vips(&self, index: usize) {
+        if let Some(instance) = self.instances.get(index) {
+            remove_vips(&self.netlink, instance.ifindex, &instance.config).await;
+        }
+    }
+
+    /// Queues `repeat` frames for every VIP of the instance (a VIP with
+    /// frames still queued gets the larger count, not twice as many).
+    fn queue_announce(&mut self, index: usize, repeat: u32) {
         let Some(instance) = self.instances.get(index) else {
             return;
         };
         for vip in &instance.vips {
-            if let Err(e) = self.netlink.remove_vip(instance.ifindex, vip.addr).await {
-                warn!(component = "vrrp", vrid = instance.config.router.vrid, %vip, error = %e, "cannot remove VIP");
-            }
-            if let (IpAddr::V6(addr), Some(label)) = (vip.addr, instance.config.ipv6_addr_label)
-                && let Err(e) = self.netlink.remove_addr_label(addr, 128, label).await
+            match self
+                .announcements
+                .iter_mut()
+                .find(|a| a.instance == index && a.vip == *vip)
             {
-                warn!(component = "vrrp", vrid = instance.config.router.vrid, %vip, error = %e, "cannot remove address label");
+                Some(queued) => queued.left = queued.left.max(repeat),
+                None => self.announcements.push_back(PendingAnnounce {
+                    instance: index,
+                    vip: *vip,
+                    left: repeat,
+                }),
             }
         }
     }
 
-    async fn announce(&self, index: usize, repeat: u32) {
-        let Some(instance) = self.instances.get(index) else {
+    /// When the next queued frame may go out, if any is queued.
+    fn next_announce_at(&self) -> Option<Instant> {
+        if self.announcements.is_empty() {
+            return None;
+        }
+        let missing = (1.0 - self.announce_tokens).max(0.0);
+        Some(self.announce_filled + std::time::Duration::from_secs_f64(missing / ANNOUNCE_RATE))
+    }
+
+    /// Sends the queued frames the bucket allows now.
+    async fn send_announcements(&mut self) {
+        if self.announcements.is_empty() {
             return;
+        }
+        let t = now();
+        let elapsed = t
+            .saturating_duration_since(self.announce_filled)
+            .as_secs_f64();
+        self.announce_tokens = (self.announce_tokens + elapsed * ANNOUNCE_RATE).min(ANNOUNCE_BURST);
+        self.announce_filled = t;
+        while self.announce_tokens >= 1.0 {
+            let Some(mut pending) = self.announcements.pop_front() else {
+                break;
+            };
+            self.announce_tokens -= 1.0;
+            if self.send_announcement(pending.instance, pending.vip).await && pending.left > 1 {
+                pending.left -= 1;
+                self.announcements.push_back(pending);
+            }
+        }
+    }
+
+    /// Sends one gratuitous ARP (IPv4) or unsolicited NA (IPv6) for `vip`;
+    /// false when it cannot be sent (nothing more is tried for it).
+    async fn send_announcement(&self, index: usize, vip: Vip) -> bool {
+        let Some(instance) = self.instances.get(index) else {
+            return false;
         };
         let Some(group) = self.groups.get(instance.group) else {
-            return;
+            return false;
         };
+        let vrid = instance.config.router.vrid;
         let (Some(socket), Some(mac)) = (&group.announce, group.mac) else {
             debug!(
                 component = "vrrp",
-                vrid = instance.config.router.vrid,
-                "no Ethernet address: nothing to announce"
+                vrid, "no Ethernet address: nothing to announce"
             );
-            return;
+            return false;
         };
         let mut frame = [0u8; if GARP_FRAME_LEN > UNSOLICITED_NA_FRAME_LEN {
             GARP_FRAME_LEN
         } else {
             UNSOLICITED_NA_FRAME_LEN
         }];
-        for vip in &instance.vips {
-            let built = match vip.addr {
-                IpAddr::V4(addr) => gratuitous_arp(mac, addr, &mut frame),
-                IpAddr::V6(addr) => unsolicited_na(mac, addr, &mut frame),
-            };
-            let len = match built {
-                Ok(len) => len,
-                Err(e) => {
-                    warn!(component = "vrrp", vrid = instance.config.router.vrid, error = %e, "cannot build announcement");
-                    continue;
-                }
-            };
-            for _ in 0..repeat {
-                if let Err(e) = socket.send(frame.get(..len).unwrap_or_default()).await {
-                    warn!(component = "vrrp", vrid = instance.config.router.vrid, %vip, error = %e, "cannot send announcement");
-                    break;
-                }
+        let built = match vip.addr {
+            IpAddr::V4(addr) => gratuitous_arp(mac, addr, &mut frame),
+            IpAddr::V6(addr) => unsolicited_na(mac, addr, &mut frame),
+        };
+        let len = match built {
+            Ok(len) => len,
+            Err(e) => {
+                warn!(component = "vrrp", vrid, error = %e, "cannot build announcement");
+                return false;
             }
+        };
+        if let Err(e) = socket.send(frame.get(..len).unwrap_or_default()).await {
+            warn!(component = "vrrp", vrid, %vip, error = %e, "cannot send announcement");
+            return false;
         }
+        true
     }
 }

@@ -22,7 +22,7 @@ use netlink_packet_route::address::{
 };
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
-use rtnetlink::sys::SocketAddr;
+use rtnetlink::sys::{AsyncSocket, SocketAddr};
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::task::JoinHandle;
 
@@ -46,6 +46,23 @@ pub enum NetlinkError {
         /// The error from rtnetlink (carries the errno for kernel errors).
         #[source]
         source: rtnetlink::Error,
+    },
+    /// The interface has no address adverts can be sent from.
+    #[error("interface #{ifindex} has no {} to send adverts from", if *.ipv6 { "link-local IPv6 address" } else { "primary IPv4 address" })]
+    NoAdvertSource {
+        /// The interface.
+        ifindex: u32,
+        /// The family looked for.
+        ipv6: bool,
+    },
+    /// The address is permanent (no lease): the node's own, or another
+    /// program's, never one this crate added with a lease; it is left alone.
+    #[error("{addr} on #{ifindex} is a permanent address, not a leased VIP: not removed")]
+    PermanentAddress {
+        /// The interface.
+        ifindex: u32,
+        /// The address.
+        addr: IpAddr,
     },
     /// A prefix length longer than the address.
     #[error("prefix length {prefix_len} is too long for {addr}")]
@@ -149,6 +166,8 @@ pub struct Interface {
 /// An address on an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceAddress {
+    /// The interface it is on.
+    pub ifindex: u32,
     /// The address.
     pub addr: IpAddr,
     /// Its prefix length.
@@ -185,6 +204,7 @@ impl InterfaceAddress {
         let addr = local.or(address)?;
         let lifetime = |secs: u32| (secs != u32::MAX).then(|| Duration::from_secs(u64::from(secs)));
         Some(InterfaceAddress {
+            ifindex: message.header.index,
             addr,
             prefix_len: message.header.prefix_len,
             secondary: flags.contains(AddressFlags::Secondary),
@@ -194,6 +214,26 @@ impl InterfaceAddress {
             message,
         })
     }
+}
+
+/// The address adverts are sent from, among `addresses` of one interface:
+/// for IPv4 its primary address (the first of its subnet, not `secondary`,
+/// RFC 3768 §5.2.1 / RFC 5798 §5.1.1.1 "the primary IPv4 address of the
+/// interface"), for IPv6 its link-local address (RFC 5798 §5.1.2.1); never
+/// one of `vips`. `None` if there is none.
+pub fn pick_advert_source(
+    addresses: &[InterfaceAddress],
+    ipv6: bool,
+    vips: &[IpAddr],
+) -> Option<IpAddr> {
+    addresses
+        .iter()
+        .filter(|a| !vips.contains(&a.addr))
+        .find(|a| match a.addr {
+            IpAddr::V4(_) => !ipv6 && !a.secondary,
+            IpAddr::V6(v6) => ipv6 && v6.is_unicast_link_local(),
+        })
+        .map(|a| a.addr)
 }
 
 /// Adds, refreshes and removes VIPs and IPv6 address labels.
@@ -259,6 +299,36 @@ impl VipManager {
         }
     }
 
+    /// The addresses on every interface, both families.
+    pub async fn all_addresses(&self) -> Result<Vec<InterfaceAddress>, NetlinkError> {
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request_error("list addresses"))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(InterfaceAddress::from_message)
+            .collect())
+    }
+
+    /// Those of `addrs` that are permanent addresses (no lease) on any
+    /// interface: the node's own addresses, which a VIP must never be.
+    pub async fn permanent_addresses(
+        &self,
+        addrs: &[IpAddr],
+    ) -> Result<Vec<InterfaceAddress>, NetlinkError> {
+        Ok(self
+            .all_addresses()
+            .await?
+            .into_iter()
+            .filter(|a| a.valid_lft.is_none() && addrs.contains(&a.addr))
+            .collect())
+    }
+
     /// The addresses on interface `ifindex`, both families.
     pub async fn addresses(&self, ifindex: u32) -> Result<Vec<InterfaceAddress>, NetlinkError> {
         let messages: Vec<AddressMessage> = self
@@ -274,6 +344,19 @@ impl VipManager {
             .into_iter()
             .filter_map(InterfaceAddress::from_message)
             .collect())
+    }
+
+    /// The address adverts for `vips` are sent from on interface `ifindex`
+    /// (see [`pick_advert_source`]).
+    pub async fn advert_source(
+        &self,
+        ifindex: u32,
+        ipv6: bool,
+        vips: &[IpAddr],
+    ) -> Result<IpAddr, NetlinkError> {
+        let addresses = self.addresses(ifindex).await?;
+        pick_advert_source(&addresses, ipv6, vips)
+            .ok_or(NetlinkError::NoAdvertSource { ifindex, ipv6 })
     }
 
     /// Adds `vip` to interface `ifindex`, or, if it is already there,
@@ -306,9 +389,34 @@ impl VipManager {
             .map_err(request_error(format!("add address {vip} on #{ifindex}")))
     }
 
-    /// Removes `addr` from interface `ifindex`, whatever its prefix. Returns
-    /// whether it was there; an address already gone is not an error.
+    /// Removes `addr` from interface `ifindex`, whatever its prefix and
+    /// lifetime. Returns whether it was there; an address already gone is
+    /// not an error. Only for VIPs added without a lease
+    /// ([`VipLifetime::Forever`]); otherwise use
+    /// [`remove_leased_vip`](Self::remove_leased_vip).
     pub async fn remove_vip(&self, ifindex: u32, addr: IpAddr) -> Result<bool, NetlinkError> {
+        self.remove(ifindex, addr, false).await
+    }
+
+    /// Removes `addr` from interface `ifindex` if it carries a lease (a
+    /// finite valid lifetime), as every VIP added with
+    /// [`VipLifetime::Lease`] does. A permanent address is the node's own
+    /// (or another program's): it stays, and the answer is
+    /// [`NetlinkError::PermanentAddress`]. Returns whether it was there.
+    pub async fn remove_leased_vip(
+        &self,
+        ifindex: u32,
+        addr: IpAddr,
+    ) -> Result<bool, NetlinkError> {
+        self.remove(ifindex, addr, true).await
+    }
+
+    async fn remove(
+        &self,
+        ifindex: u32,
+        addr: IpAddr,
+        leased_only: bool,
+    ) -> Result<bool, NetlinkError> {
         let Some(found) = self
             .addresses(ifindex)
             .await?
@@ -317,6 +425,9 @@ impl VipManager {
         else {
             return Ok(false);
         };
+        if leased_only && found.valid_lft.is_none() {
+            return Err(NetlinkError::PermanentAddress { ifindex, addr });
+        }
         // Delete with the kernel's own description of the address, so the
         // prefix (which IPv6 matches on) is the one it really has.
         match self.handle.address().del(found.message).execute().await {
@@ -336,8 +447,9 @@ impl VipManager {
         }
     }
 
-    /// Removes those of `vips` that are on interface `ifindex`, the leftovers
-    /// of a crashed run, before the router starts as backup. Returns the
+    /// Removes those of `vips` that are on interface `ifindex` with a lease,
+    /// the leftovers of a crashed run, before the router starts as backup.
+    /// Permanent addresses are never leftovers and stay. Returns the
     /// addresses removed.
     pub async fn remove_stale(
         &self,
@@ -347,8 +459,10 @@ impl VipManager {
         let present = self.addresses(ifindex).await?;
         let mut removed = Vec::new();
         for vip in vips {
-            if present.iter().any(|a| a.addr == vip.addr)
-                && self.remove_vip(ifindex, vip.addr).await?
+            if present
+                .iter()
+                .any(|a| a.addr == vip.addr && a.valid_lft.is_some())
+                && self.remove_leased_vip(ifindex, vip.addr).await?
             {
                 removed.push(vip.addr);
             }
@@ -450,6 +564,10 @@ pub enum LinkEvent {
     AddressAdded(u32, IpAddr),
     /// An address was removed from an interface, by anyone, or expired.
     AddressRemoved(u32, IpAddr),
+    /// The kernel dropped notifications: the socket's receive buffer was
+    /// full (ENOBUFS). Any change may have been missed; the state must be
+    /// read again from a dump.
+    Overrun,
 }
 
 /// What rtnetlink's multicast connection hands over: each message with the
@@ -488,13 +606,31 @@ impl LinkEvents {
     /// before this returns are not reported: read the current state after
     /// subscribing, not before.
     pub fn subscribe() -> Result<LinkEvents, NetlinkError> {
+        LinkEvents::open(None)
+    }
+
+    /// Subscribes with a receive buffer of `bytes` (the kernel doubles it
+    /// and has a floor), to provoke [`LinkEvent::Overrun`] in tests.
+    #[doc(hidden)]
+    pub fn subscribe_with_buffer(bytes: u32) -> Result<LinkEvents, NetlinkError> {
+        LinkEvents::open(Some(bytes))
+    }
+
+    fn open(buffer: Option<u32>) -> Result<LinkEvents, NetlinkError> {
         let groups = [
             MulticastGroup::Link,
             MulticastGroup::Ipv4Ifaddr,
             MulticastGroup::Ipv6Ifaddr,
         ];
-        let (connection, _handle, messages) =
+        let (mut connection, _handle, messages) =
             rtnetlink::new_multicast_connection(&groups).map_err(NetlinkError::Socket)?;
+        if let Some(bytes) = buffer {
+            connection
+                .socket_mut()
+                .socket_ref()
+                .set_rx_buf_sz(libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX))
+                .map_err(NetlinkError::Socket)?;
+        }
         let connection = tokio::spawn(connection);
         Ok(LinkEvents {
             messages: Box::pin(messages),
@@ -504,8 +640,15 @@ impl LinkEvents {
     }
 
     fn translate(&mut self, message: NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkEvent> {
-        let NetlinkPayload::InnerMessage(inner) = message.payload else {
-            return None;
+        let inner = match message.payload {
+            NetlinkPayload::InnerMessage(inner) => inner,
+            NetlinkPayload::Overrun(_) => {
+                // What we remember of each link may be stale now: report the
+                // next notification of every link, whatever it says.
+                self.oper_up.clear();
+                return Some(LinkEvent::Overrun);
+            }
+            _ => return None,
         };
         match inner {
             RouteNetlinkMessage::NewLink(link) => {
@@ -555,5 +698,45 @@ impl Stream for LinkEvents {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str, secondary: bool) -> InterfaceAddress {
+        InterfaceAddress {
+            ifindex: 1,
+            addr: s.parse().unwrap(),
+            prefix_len: 24,
+            secondary,
+            nodad: false,
+            valid_lft: None,
+            preferred_lft: None,
+            message: AddressMessage::default(),
+        }
+    }
+
+    #[test]
+    fn the_advert_source_is_the_primary_v4_or_the_link_local_v6_never_a_vip() {
+        let vip: IpAddr = "192.0.2.100".parse().unwrap();
+        let addrs = [
+            addr("192.0.2.100", false), // a VIP left first in the list
+            addr("192.0.2.7", true),    // secondary
+            addr("2001:db8::1", false),
+            addr("192.0.2.1", false),
+            addr("fe80::1", false),
+        ];
+        assert_eq!(
+            pick_advert_source(&addrs, false, &[vip]),
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(
+            pick_advert_source(&addrs, true, &[]),
+            Some("fe80::1".parse().unwrap())
+        );
+        assert_eq!(pick_advert_source(&addrs[..3], false, &[vip]), None);
+        assert_eq!(pick_advert_source(&addrs[..3], true, &[]), None);
     }
 }

@@ -7,12 +7,8 @@
 //! is given per send (IP_PKTINFO / IPV6_PKTINFO), so it is always the one the
 //! VRRPv3 checksum pseudo-header was computed with (RFC 5798 §5.2.8).
 //!
-//! On receive, [`Classifier`] applies the IP-level checks the codec cannot
-//! (TTL 255, not from ourselves, from a configured unicast peer, link-local
-//! IPv6 source) and then the codec's; every dropped packet gets a reason,
-//! and none of them reaches the state machine.
+//! What is received is checked by [`super::rx::Classifier`].
 
-use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
@@ -24,7 +20,7 @@ use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, SockAddrStora
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::wire::{Advert, DecodeError, IPPROTO_VRRP, MULTICAST_V4, MULTICAST_V6};
+use crate::wire::{IPPROTO_VRRP, MULTICAST_V4, MULTICAST_V6};
 
 /// TTL / hop limit of every advert, and the only one accepted (RFC 3768
 /// §5.2.3 and §7.1, RFC 5798 §5.1.1.3, §5.1.2.3 and §7.1).
@@ -115,7 +111,7 @@ pub struct RecvdPacket {
 /// SO_BINDTODEVICE, so it only sees adverts arriving there. Multicast
 /// loopback is off: the node does not receive its own adverts (those that
 /// still come back, e.g. from a unicast peer list including ourselves, are
-/// dropped by [`Classifier`]).
+/// dropped by [`super::rx::Classifier`]).
 #[derive(Debug)]
 pub struct VrrpSocket {
     fd: AsyncFd<Socket>,
@@ -207,6 +203,15 @@ impl VrrpSocket {
         Self::register(socket, ifindex, true)
     }
 
+    /// [`open_v6`](Self::open_v6) if `ipv6`, else [`open_v4`](Self::open_v4).
+    pub fn open(ifindex: u32, ifname: &str, ipv6: bool) -> Result<VrrpSocket, SocketError> {
+        if ipv6 {
+            Self::open_v6(ifindex, ifname)
+        } else {
+            Self::open_v4(ifindex, ifname)
+        }
+    }
+
     fn register(socket: Socket, ifindex: u32, ipv6: bool) -> Result<VrrpSocket, SocketError> {
         let fd = register(socket)?;
         Ok(VrrpSocket { fd, ifindex, ipv6 })
@@ -217,7 +222,7 @@ impl VrrpSocket {
         self.ifindex
     }
 
-    /// Sends one VRRP message (as [`Advert::emit`] wrote it for this `src`
+    /// Sends one VRRP message (as [`crate::wire::Advert::emit`] wrote it for this `src`
     /// and `dst`) from `src` to `dst`: the multicast group or a unicast
     /// peer. `src` must be an address of the interface.
     pub async fn send(&self, payload: &[u8], src: IpAddr, dst: IpAddr) -> Result<(), SocketError> {
@@ -415,103 +420,6 @@ pub fn parse_ipv4_packet(packet: &[u8]) -> Option<RecvdPacket> {
     })
 }
 
-/// Why a received packet was dropped before reaching the state machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// TTL / hop limit not 255: it crossed a router (RFC 3768 §7.1, RFC
-    /// 5798 §7.1).
-    BadTtl(u8),
-    /// Sent by this node (one of its own addresses as source).
-    OwnAddress,
-    /// Unicast mode, and the source is not a configured peer.
-    NotAPeer,
-    /// Multicast IPv6 with a source that is not link-local (RFC 5798
-    /// §5.1.2.1: the source is the sender's link-local address).
-    NotLinkLocal,
-    /// The codec rejected it.
-    Decode(DecodeError),
-}
-
-impl DropReason {
-    /// A stable snake_case name, for counters and logs.
-    pub const fn reason(&self) -> &'static str {
-        match self {
-            DropReason::BadTtl(_) => "bad_ttl",
-            DropReason::OwnAddress => "own_address",
-            DropReason::NotAPeer => "not_a_peer",
-            DropReason::NotLinkLocal => "not_link_local",
-            DropReason::Decode(e) => e.reason(),
-        }
-    }
-}
-
-/// The receive checks for one interface and family, with a count of drops
-/// per reason.
-#[derive(Debug, Clone, Default)]
-pub struct Classifier {
-    /// This node's addresses on the interface: packets from them are ours.
-    pub own_addrs: Vec<IpAddr>,
-    /// Unicast mode: adverts are accepted only from these. `None` is
-    /// multicast mode.
-    pub unicast_peers: Option<Vec<IpAddr>>,
-    drops: BTreeMap<&'static str, u64>,
-}
-
-impl Classifier {
-    /// A classifier for multicast mode (`unicast_peers` `None`) or unicast.
-    pub fn new(own_addrs: Vec<IpAddr>, unicast_peers: Option<Vec<IpAddr>>) -> Classifier {
-        Classifier {
-            own_addrs,
-            unicast_peers,
-            drops: BTreeMap::new(),
-        }
-    }
-
-    /// Checks and decodes `packet`; a dropped packet is counted.
-    pub fn classify(&mut self, packet: &RecvdPacket) -> Result<Advert, DropReason> {
-        let result = self.check(packet);
-        if let Err(reason) = &result {
-            *self.drops.entry(reason.reason()).or_insert(0) += 1;
-        }
-        result
-    }
-
-    fn check(&self, packet: &RecvdPacket) -> Result<Advert, DropReason> {
-        // RFC 3768 §7.1 / RFC 5798 §7.1: "MUST verify that the IP TTL / Hop
-        // Limit is 255".
-        if packet.ttl != VRRP_TTL {
-            return Err(DropReason::BadTtl(packet.ttl));
-        }
-        if self.own_addrs.contains(&packet.src) {
-            return Err(DropReason::OwnAddress);
-        }
-        match &self.unicast_peers {
-            Some(peers) if !peers.contains(&packet.src) => return Err(DropReason::NotAPeer),
-            None if matches!(packet.src, IpAddr::V6(src) if !src.is_unicast_link_local()) => {
-                return Err(DropReason::NotLinkLocal);
-            }
-            _ => {}
-        }
-        Advert::parse(&packet.payload, packet.src, packet.dst).map_err(DropReason::Decode)
-    }
-
-    /// Counts a drop decided after classification (by the driver: an
-    /// advert for a VRID not configured on this interface).
-    pub fn count(&mut self, reason: &'static str) {
-        *self.drops.entry(reason).or_insert(0) += 1;
-    }
-
-    /// Drops so far, by [`DropReason::reason`].
-    pub fn drops(&self) -> &BTreeMap<&'static str, u64> {
-        &self.drops
-    }
-
-    /// Drops so far for one reason.
-    pub fn drop_count(&self, reason: &str) -> u64 {
-        self.drops.get(reason).copied().unwrap_or(0)
-    }
-}
-
 /// An AF_PACKET socket on one interface, for whole Ethernet frames: sends
 /// gratuitous ARPs and unsolicited NAs (built by [`crate::wire`]), and, opened
 /// with a protocol, receives frames of that EtherType (tests use that to
@@ -604,32 +512,6 @@ fn link_sockaddr(ifindex: u32, protocol: u16) -> SockAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Auth, Centis, Version};
-
-    fn advert_v3(vrid: u8) -> Advert {
-        Advert {
-            version: Version::V3,
-            vrid,
-            priority: 100,
-            interval: Centis(100),
-            auth: Auth::None,
-            addrs: vec!["192.0.2.100".parse().unwrap()],
-        }
-    }
-
-    fn packet(src: &str, dst: &str, ttl: u8, advert: &Advert) -> RecvdPacket {
-        let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
-        let mut buf = vec![0; advert.buffer_len()];
-        let n = advert.emit(src, dst, &mut buf).unwrap();
-        buf.truncate(n);
-        RecvdPacket {
-            src,
-            dst,
-            ttl,
-            tos: Some(VRRP_TOS),
-            payload: buf,
-        }
-    }
 
     #[test]
     fn parses_an_ipv4_header() {
@@ -655,68 +537,5 @@ mod tests {
         let mut long = p.clone();
         long[0] = 0x4f;
         assert!(parse_ipv4_packet(&long).is_none());
-    }
-
-    #[test]
-    fn accepts_a_good_advert_and_counts_each_drop_reason() {
-        let advert = advert_v3(7);
-        let mut c = Classifier::new(vec!["192.0.2.1".parse().unwrap()], None);
-        let good = packet("192.0.2.2", "224.0.0.18", 255, &advert);
-        assert_eq!(c.classify(&good), Ok(advert.clone()));
-
-        let hop = packet("192.0.2.2", "224.0.0.18", 254, &advert);
-        assert_eq!(c.classify(&hop), Err(DropReason::BadTtl(254)));
-        let own = packet("192.0.2.1", "224.0.0.18", 255, &advert);
-        assert_eq!(c.classify(&own), Err(DropReason::OwnAddress));
-        let mut corrupt = good.clone();
-        corrupt.payload[6] ^= 0xff;
-        assert_eq!(
-            c.classify(&corrupt),
-            Err(DropReason::Decode(DecodeError::BadChecksum))
-        );
-        // The checksum covers the pseudo-header: a different source breaks it.
-        let mut spoofed = good.clone();
-        spoofed.src = "192.0.2.3".parse().unwrap();
-        assert!(matches!(c.classify(&spoofed), Err(DropReason::Decode(_))));
-
-        assert_eq!(c.drop_count("bad_ttl"), 1);
-        assert_eq!(c.drop_count("own_address"), 1);
-        assert_eq!(c.drop_count("bad_checksum"), 2);
-        assert_eq!(c.drops().values().sum::<u64>(), 4);
-    }
-
-    #[test]
-    fn unicast_mode_accepts_only_configured_peers() {
-        let advert = advert_v3(7);
-        let mut c = Classifier::new(
-            vec!["192.0.2.1".parse().unwrap()],
-            Some(vec!["192.0.2.2".parse().unwrap()]),
-        );
-        assert!(
-            c.classify(&packet("192.0.2.2", "192.0.2.1", 255, &advert))
-                .is_ok()
-        );
-        assert_eq!(
-            c.classify(&packet("192.0.2.9", "192.0.2.1", 255, &advert)),
-            Err(DropReason::NotAPeer)
-        );
-        assert_eq!(c.drop_count("not_a_peer"), 1);
-    }
-
-    #[test]
-    fn multicast_ipv6_needs_a_link_local_source() {
-        let advert = Advert {
-            addrs: vec!["2001:db8::100".parse().unwrap()],
-            ..advert_v3(9)
-        };
-        let mut c = Classifier::new(vec![], None);
-        assert!(
-            c.classify(&packet("fe80::2", "ff02::12", 255, &advert))
-                .is_ok()
-        );
-        assert_eq!(
-            c.classify(&packet("2001:db8::2", "ff02::12", 255, &advert)),
-            Err(DropReason::NotLinkLocal)
-        );
     }
 }

@@ -39,6 +39,30 @@ impl Version {
     }
 }
 
+/// A version field that is neither 2 nor 3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported VRRP version {0}: 2 or 3")]
+pub struct UnknownVersion(pub u8);
+
+impl TryFrom<u8> for Version {
+    type Error = UnknownVersion;
+
+    /// 2 is VRRPv2 (RFC 3768), 3 is VRRPv3 (RFC 5798).
+    fn try_from(number: u8) -> Result<Version, UnknownVersion> {
+        match number {
+            2 => Ok(Version::V2),
+            3 => Ok(Version::V3),
+            other => Err(UnknownVersion(other)),
+        }
+    }
+}
+
+impl From<Version> for u8 {
+    fn from(version: Version) -> u8 {
+        version.number()
+    }
+}
+
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "v{}", self.number())
@@ -125,4 +149,19 @@ pub struct Advert {
     pub auth: Auth,
     /// The virtual addresses, in wire order.
     pub addrs: Vec<IpAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_numbers_round_trip_and_others_are_refused() {
+        for version in [Version::V2, Version::V3] {
+            assert_eq!(Version::try_from(u8::from(version)), Ok(version));
+        }
+        for bad in [0, 1, 4, 255] {
+            assert_eq!(Version::try_from(bad), Err(UnknownVersion(bad)));
+        }
+    }
 }

@@ -28,10 +28,13 @@
 //! the controller itself make to `VIP:apiPort` through the proxy too (k0s
 //! leaves them on the local apiserver, whichever state it is in).
 
+mod command;
+mod repair;
+
 use std::borrow::Cow;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
 use nftables::expr::{Expression, NamedExpression, Payload, PayloadField};
 use nftables::helper::NftablesError;
@@ -40,6 +43,10 @@ use nftables::stmt::{self, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::config::Netfilter;
+use command::{Ran, describe, run_bounded};
+
+pub use command::COMMAND_TIMEOUT;
+pub use repair::{Repair, RepairOutcome};
 
 /// One VIP's redirect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +150,18 @@ pub enum NetfilterError {
         /// What it printed (nft's error message).
         output: String,
     },
+    /// It did not finish within [`COMMAND_TIMEOUT`] (a held xtables lock,
+    /// a hung binary) and was killed; the next check tries again.
+    #[error("{command} did not finish within {timeout:?} and was killed")]
+    TimedOut {
+        /// The command line.
+        command: String,
+        /// The time it had.
+        timeout: Duration,
+    },
+    /// The blocking task running the commands failed (it panicked).
+    #[error("netfilter task failed: {0}")]
+    Task(String),
     /// `nft -j` printed something that is not the JSON we know.
     #[error("unexpected output of {command}: {source}")]
     NftOutput {
@@ -232,7 +251,7 @@ impl Iptables {
     /// Whether the rule is in `chain`.
     pub fn present(&self, chain: Chain, rule: &Redirect) -> Result<bool, NetfilterError> {
         let mut cmd = self.command("-C", chain, rule);
-        let out = run(&mut cmd)?;
+        let out = run(&mut cmd, None)?;
         // `-C` exits 1 when the rule is absent; other codes are errors.
         match out.status {
             0 => Ok(true),
@@ -616,17 +635,19 @@ fn parse_statements(family: Family, statements: &[Statement<'_>]) -> Option<Redi
 
 /// Runs `nft -j <args>` and parses what it prints.
 fn list(args: &[&str]) -> Result<schema::Nftables<'static>, NetfilterError> {
-    let command = format!("{NFT} -j {}", args.join(" "));
-    nftables::helper::get_current_ruleset_with_args(Some(NFT), args).map_err(|e| match e {
-        NftablesError::NftExecution { inner, .. } => NetfilterError::Spawn {
+    let mut cmd = Command::new(NFT);
+    cmd.arg("-j").args(args);
+    let command = describe(&cmd);
+    let out = run(&mut cmd, None)?;
+    if out.status != 0 {
+        return Err(NetfilterError::NftFailed {
             command,
-            source: inner,
-        },
-        NftablesError::NftFailed { stdout, stderr, .. } => NetfilterError::NftFailed {
-            command,
-            output: format!("{stdout}{stderr}").trim().to_string(),
-        },
-        source => NetfilterError::NftOutput { command, source },
+            output: out.output,
+        });
+    }
+    serde_json::from_str(&out.stdout).map_err(|e| NetfilterError::NftOutput {
+        command,
+        source: NftablesError::NftInvalidJson(e),
     })
 }
 
@@ -634,40 +655,21 @@ fn list(args: &[&str]) -> Result<schema::Nftables<'static>, NetfilterError> {
 /// `apply_ruleset` lets nft's error message go to our stderr and keeps none
 /// of it; this keeps it for the error.
 fn apply(batch: &schema::Nftables<'_>) -> Result<(), NetfilterError> {
-    let command = format!("{NFT} -j -f -");
+    let mut cmd = Command::new(NFT);
+    cmd.args(["-j", "-f", "-"]);
+    let command = describe(&cmd);
     let payload = serde_json::to_string(batch).map_err(|e| NetfilterError::NftOutput {
         command: command.clone(),
         source: NftablesError::NftInvalidJson(e),
     })?;
     tracing::trace!(component = "netfilter", batch = %payload, "applying nft batch");
-    let spawn_error = |source| NetfilterError::Spawn {
-        command: command.clone(),
-        source,
-    };
-    let mut child = Command::new(NFT)
-        .args(["-j", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_error)?;
-    // A write error means nft exited early; its status and message say why.
-    let written = child
-        .stdin
-        .take()
-        .map(|mut stdin| stdin.write_all(payload.as_bytes()));
-    let out = child.wait_with_output().map_err(spawn_error)?;
-    if out.status.success() {
-        if let Some(Err(e)) = written {
-            return Err(spawn_error(e));
-        }
+    let out = run(&mut cmd, Some(payload))?;
+    if out.status == 0 {
         return Ok(());
     }
-    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-    output.push_str(&String::from_utf8_lossy(&out.stderr));
     Err(NetfilterError::NftFailed {
         command,
-        output: output.trim().to_string(),
+        output: out.output,
     })
 }
 
@@ -691,9 +693,39 @@ impl Rules {
         }
     }
 
+    /// [`Rules::new`] on the blocking pool (detection runs the `*-save`
+    /// binaries).
+    pub async fn detect(backend: Netfilter, output_rule: bool) -> Result<Rules, NetfilterError> {
+        blocking(move || Ok(Rules::new(backend, output_rule))).await
+    }
+
+    /// [`ensure`](Rules::ensure) on the blocking pool; when it fails,
+    /// whatever it had added is removed again, so no half set of rules
+    /// stays behind, and the error is returned.
+    pub async fn install(&self, redirects: &[Redirect]) -> Result<(), NetfilterError> {
+        let (rules, redirects) = (self.clone(), redirects.to_vec());
+        blocking(move || {
+            rules.ensure(&redirects).inspect_err(|_| {
+                let _ = rules.remove(&redirects);
+            })
+        })
+        .await
+    }
+
+    /// [`remove`](Rules::remove) on the blocking pool.
+    pub async fn uninstall(&self, redirects: &[Redirect]) -> Vec<NetfilterError> {
+        let (rules, redirects) = (self.clone(), redirects.to_vec());
+        match tokio::task::spawn_blocking(move || rules.remove(&redirects)).await {
+            Ok(errors) => errors,
+            Err(e) => vec![NetfilterError::Task(e.to_string())],
+        }
+    }
+
     /// Installs the rules for `rules`, keeping what is there. With nftables
     /// an error leaves everything as it was; with iptables some rules may be
-    /// in place, which [`remove`](Rules::remove) takes away.
+    /// in place, which [`remove`](Rules::remove) takes away. Blocks for up
+    /// to [`COMMAND_TIMEOUT`] per command: from async code use
+    /// [`install`](Rules::install).
     pub fn ensure(&self, rules: &[Redirect]) -> Result<(), NetfilterError> {
         match self {
             Rules::Iptables(iptables) => iptables.ensure(rules),
@@ -739,16 +771,23 @@ impl Rules {
     }
 }
 
+/// Runs `f` (netfilter commands) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NetfilterError> + Send + 'static,
+) -> Result<T, NetfilterError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(NetfilterError::Task(e.to_string())))
+}
+
 /// k0s's detection of the host's iptables back end (`pkg/component/iptables`):
 /// whichever back end holds kube-proxy's or kubelet's marker chains; else the
 /// one with more lines saved; else what `iptables --version` says; if nothing
 /// can be asked, nft on kernels from 5 on.
 pub fn detect_mode() -> IptablesMode {
     let save = |binary: &str| -> Option<String> {
-        let out = Command::new(binary).output().ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = run(&mut Command::new(binary), None).ok()?;
+        (out.status == 0).then_some(out.stdout)
     };
     let saved = |mode: &str| -> Option<String> {
         let v4 = save(&format!("iptables-{mode}-save"))?;
@@ -764,10 +803,8 @@ pub fn detect_mode() -> IptablesMode {
             IptablesMode::Legacy
         }
         (Some(_), _) | (_, Some(_)) => {
-            let version = Command::new("iptables")
-                .arg("--version")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            let version = run(Command::new("iptables").arg("--version"), None)
+                .map(|o| o.stdout)
                 .unwrap_or_default();
             if version.contains("nf_tables") {
                 IptablesMode::Nft
@@ -791,26 +828,12 @@ pub fn detect_mode() -> IptablesMode {
     }
 }
 
-struct Ran {
-    status: i32,
-    output: String,
-}
-
-fn run(cmd: &mut Command) -> Result<Ran, NetfilterError> {
-    let out = cmd.output().map_err(|source| NetfilterError::Spawn {
-        command: describe(cmd),
-        source,
-    })?;
-    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-    output.push_str(&String::from_utf8_lossy(&out.stderr));
-    Ok(Ran {
-        status: out.status.code().unwrap_or(-1),
-        output: output.trim().to_string(),
-    })
+fn run(cmd: &mut Command, input: Option<String>) -> Result<Ran, NetfilterError> {
+    run_bounded(cmd, input, COMMAND_TIMEOUT)
 }
 
 fn check(mut cmd: Command) -> Result<(), NetfilterError> {
-    let out = run(&mut cmd)?;
+    let out = run(&mut cmd, None)?;
     if out.status == 0 {
         Ok(())
     } else {
@@ -820,15 +843,6 @@ fn check(mut cmd: Command) -> Result<(), NetfilterError> {
             output: out.output,
         })
     }
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut text = cmd.get_program().to_string_lossy().into_owned();
-    for arg in cmd.get_args() {
-        text.push(' ');
-        text.push_str(&arg.to_string_lossy());
-    }
-    text
 }
 
 fn on_path(binary: &str) -> bool {

@@ -1,0 +1,157 @@
+//! `cplb run --supervise`: a parent that runs the agent as a child
+//! process; when the child dies without being asked to, it hands the VIPs
+//! over at once ([`crate::run::release`]) and starts it again with a growing
+//! pause. SIGTERM/SIGINT are passed on and the parent exits with the
+//! child's status. (Under systemd the unit does the same with
+//! `ExecStopPost=cplb release` and `Restart=always`.)
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::logging::LogArgs;
+use crate::plan::Plan;
+use crate::run;
+
+/// The first pause before a restart; it doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A worker that ran this long resets the pause.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+/// Why the supervisor failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// The worker could not be started or waited for.
+    #[error("worker: {0}")]
+    Worker(#[from] std::io::Error),
+    /// The handoff after the worker died failed.
+    #[error("release: {0}")]
+    Release(#[from] run::RunError),
+    /// The worker stopped with an error status.
+    #[error("worker stopped with {0}")]
+    Failed(std::process::ExitStatus),
+    /// The worker refused to run (exit 78: its configuration, or another
+    /// agent or program holds what it needs); restarting cannot help.
+    #[error("the worker refused to run (exit status 78); see its messages above")]
+    Refused,
+}
+
+impl SuperviseError {
+    /// Whether the parent should exit 78 too.
+    pub fn is_config(&self) -> bool {
+        match self {
+            SuperviseError::Refused => true,
+            SuperviseError::Release(e) => e.is_config(),
+            _ => false,
+        }
+    }
+}
+
+/// The worker's exit status for "refused to run" (EX_CONFIG).
+const WORKER_REFUSED: i32 = 78;
+
+/// Supervises `cplb run --config file` until SIGTERM/SIGINT or a clean stop.
+pub async fn supervise(
+    file: &Path,
+    log: &LogArgs,
+    plan: &Plan,
+    lock_file: &Path,
+) -> Result<(), SuperviseError> {
+    let exe = std::env::current_exe()?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let mut command = tokio::process::Command::new(&exe);
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(file)
+            .arg("--lock-file")
+            .arg(lock_file)
+            .args(log.to_args());
+        die_with_parent(&mut command);
+        let started = Instant::now();
+        let mut child = command.spawn()?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        info!(component = "agent", pid, "worker started");
+        let stop = tokio::select! {
+            _ = sigterm.recv() => Some(Signal::SIGTERM),
+            _ = sigint.recv() => Some(Signal::SIGTERM),
+            status = child.wait() => {
+                let status = status?;
+                if status.success() {
+                    info!(component = "agent", "worker stopped cleanly");
+                    return Ok(());
+                }
+                if status.code() == Some(WORKER_REFUSED) {
+                    // Another agent runs here, a port is taken, or the
+                    // configuration cannot work: a restart would not help
+                    // and the release would be skipped anyway.
+                    return Err(SuperviseError::Refused);
+                }
+                warn!(component = "agent", %status, "worker died; handing the VIPs over");
+                // The worker is reaped, so its lock is free unless another
+                // agent took it meanwhile (then that one owns the VIPs).
+                if let Err(e) = run::release_unless_running(plan, lock_file).await {
+                    warn!(component = "agent", error = %e, "release incomplete");
+                }
+                None
+            }
+        };
+        if let Some(signal) = stop {
+            info!(component = "agent", "stopping the worker");
+            if let Some(pid) = pid {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+            let status = child.wait().await?;
+            if status.signal() == Some(signal as i32) {
+                // Killed by the signal itself: it arrived before the worker
+                // had installed its handlers (it had just been restarted),
+                // so it did not clean up after itself.
+                warn!(component = "agent", %status, "worker stopped before it could handle the signal; releasing");
+                run::release_unless_running(plan, lock_file).await?;
+                return Ok(());
+            }
+            if !status.success() {
+                return Err(SuperviseError::Failed(status));
+            }
+            return Ok(());
+        }
+        if started.elapsed() > STABLE_RUN {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::select! {
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The worker gets SIGTERM when the parent dies, however it dies (SIGKILL
+/// included): an orphaned worker would otherwise keep running unsupervised
+/// while a new supervisor starts another one.
+#[allow(unsafe_code)] // pre_exec: the only way to run prctl in the child.
+fn die_with_parent(command: &mut tokio::process::Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the hook runs in the forked child before exec and only makes
+    // async-signal-safe calls (prctl, getppid, _exit); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Some(Signal::SIGTERM))?;
+            // The parent may have died between fork and prctl.
+            if nix::unistd::getppid() != parent {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
