@@ -131,8 +131,8 @@ pub struct K0sInstance {
     pub interface: String,
     /// `virtual_router_id`.
     pub vrid: u8,
-    /// `advert_int`, seconds.
-    pub advert_int: u8,
+    /// `advert_int`, seconds (keepalived takes fractions: `0.1`).
+    pub advert_int: f64,
     /// `auth_pass` (k0s always sets one; keepalived ignores it for IPv6).
     pub auth_pass: String,
     /// `virtual_ipaddress` entries, with prefix (`192.0.2.100/24`).
@@ -147,7 +147,7 @@ impl K0sInstance {
         K0sInstance {
             interface: crate::HOST_IFNAME.to_string(),
             vrid: 51,
-            advert_int: 1,
+            advert_int: 1.0,
             auth_pass: auth_pass.to_string(),
             vips: vec![vip.to_string()],
             unicast: None,

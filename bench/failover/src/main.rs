@@ -244,16 +244,9 @@ struct Legacy {
 
 /// k0s's `keepalived.conf` with `vrrp_version 3` and `advert_int 0.1`.
 fn keepalived_conf() -> anyhow::Result<String> {
-    let conf = render_k0s(
-        &[K0sInstance::new(Family::V4.vip_cidr(), AUTH_PASS)],
-        Some(3),
-    );
-    let fast = conf.replace("advert_int 1\n", "advert_int 0.1\n");
-    ensure!(
-        fast != conf,
-        "k0s's rendering has no `advert_int 1`:\n{conf}"
-    );
-    Ok(fast)
+    let mut instance = K0sInstance::new(Family::V4.vip_cidr(), AUTH_PASS);
+    instance.advert_int = 0.1;
+    Ok(render_k0s(&[instance], Some(3)))
 }
 
 fn redirect(plane: &ControlPlane, netns: &str, op: &str) -> anyhow::Result<()> {

@@ -173,7 +173,7 @@ impl Cluster {
             K0sInstance::new(&spec.vips[0], spec.auth_pass.as_deref().unwrap_or("k0s"));
         instance.vips = spec.vips.clone();
         instance.vrid = spec.vrid;
-        instance.advert_int = spec.advert_interval as u8;
+        instance.advert_int = spec.advert_interval;
         if spec.unicast {
             let node = &self.nodes[i];
             let source = if spec.ipv6 { node.ipv6 } else { node.ipv4 };
