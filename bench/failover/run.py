@@ -16,50 +16,25 @@ Traffic stays inside namespaces it creates (prefix cplbb-<pid>-), which are
 deleted on exit, on Ctrl-C and on error.
 """
 import argparse
-import atexit
 import os
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-PREFIX = f"cplbb-{os.getpid()}-"
 VIP = "192.0.2.100"
 NODES = ["n0", "n1", "n2"]
 FAULTS = ["link-down", "sigkill", "sigterm"]
-namespaces = []
-processes = []
-workdir = Path(tempfile.mkdtemp(prefix=PREFIX))
+sys.path.insert(0, str(HERE.parent))
+import netnslab  # noqa: E402
 
-
-def sh(*args, check=True, **kw):
-    return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
-
-
-def ns(name):
-    return PREFIX + name
-
-
-def netns_exec(name, *args):
-    return ["ip", "netns", "exec", ns(name), *args]
-
-
-def cleanup():
-    for p in processes:
-        if p.poll() is None:
-            try:
-                p.kill()
-                p.wait(timeout=5)
-            except Exception:
-                pass
-    for n in reversed(namespaces):
-        sh("ip", "netns", "del", n, check=False)
-    sh("rm", "-rf", str(workdir), check=False)
+LAB = netnslab.Lab("cplbb")
+namespaces, processes, workdir = LAB.namespaces, LAB.processes, LAB.workdir
+sh, ns, netns_exec = netnslab.sh, LAB.ns, LAB.netns_exec
 
 
 def build_lab():
@@ -194,9 +169,7 @@ def main():
                    cwd=ROOT, check=True)
     if subprocess.run(["which", "keepalived"], capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "install", "-y", "-qq", "keepalived"], check=True)
-    atexit.register(cleanup)
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    LAB.install_cleanup()
     build_lab()
     results = {}
     for fault in FAULTS:

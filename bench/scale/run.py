@@ -24,7 +24,6 @@ on exit, on Ctrl-C and on error. Needs keepalived, tcpdump, and builds the
 vrrpd example in release mode.
 """
 import argparse
-import atexit
 import os
 import re
 import shutil
@@ -32,43 +31,18 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-PREFIX = f"cplbs-{os.getpid()}-"
 NODES = {"master": ("192.0.2.10/24", 200), "backup": ("192.0.2.11/24", 100)}
-namespaces = []
-processes = []
-workdir = Path(tempfile.mkdtemp(prefix=PREFIX))
+sys.path.insert(0, str(HERE.parent))
+import netnslab  # noqa: E402
 
-
-def sh(*args, check=True, **kw):
-    return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
-
-
-def ns(name):
-    return PREFIX + name
-
-
-def netns_exec(name, *args):
-    return ["ip", "netns", "exec", ns(name), *args]
-
-
-def cleanup():
-    for p in processes:
-        if p.poll() is None:
-            try:
-                p.kill()
-                p.wait(timeout=5)
-            except Exception:
-                pass
-    for n in reversed(namespaces):
-        sh("ip", "netns", "del", n, check=False)
-    if not os.environ.get("KEEP_WORKDIR"):
-        shutil.rmtree(workdir, ignore_errors=True)
+LAB = netnslab.Lab("cplbs")
+namespaces, processes, workdir = LAB.namespaces, LAB.processes, LAB.workdir
+sh, ns, netns_exec = netnslab.sh, LAB.ns, LAB.netns_exec
 
 
 def build_lab():
@@ -325,9 +299,7 @@ def main():
             subprocess.run(["apt-get", "install", "-y", "-qq", tool], check=True)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "cplb-vrrp", "--example", "vrrpd"],
                    cwd=ROOT, check=True)
-    atexit.register(cleanup)
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    LAB.install_cleanup()
     build_lab()
     kv = keepalived_version()
     rows = []
