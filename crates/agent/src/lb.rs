@@ -51,7 +51,9 @@ impl LoadBalancer {
 
         // On a thread of its own, so proxy load never delays VRRP adverts.
         let proxy_cancel = CancellationToken::new();
-        let proxy = ProxyThread::spawn(plan.proxy.clone(), proxy_cancel.clone()).await?;
+        let inherited = inherited_listener(plan.proxy.listen)?;
+        let proxy =
+            ProxyThread::spawn_with(plan.proxy.clone(), inherited, proxy_cancel.clone()).await?;
         let proxy_listen = proxy.local_addr();
         let backends = proxy.backends_handle();
         info!(component = "proxy", listen = %proxy_listen, "proxy listening");
@@ -226,4 +228,53 @@ async fn run_reconciler(
         () = forward => {}
     }
     health_tx.send_replace(HealthSnapshot::new());
+}
+
+/// Set by `cplb run --supervise` in its worker's environment: the number of
+/// the proxy's listening socket it holds across the worker's restarts.
+pub(crate) const LISTEN_FD_ENV: &str = "CPLB_PROXY_LISTEN_FD";
+
+/// The listening socket handed down by the supervisor, if any. A variable
+/// that names anything but an open listening socket is an error, never
+/// taken over (it could be any descriptor of ours).
+#[allow(unsafe_code)]
+fn inherited_listener(want: SocketAddr) -> Result<Option<std::net::TcpListener>, RunError> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+    let Some(value) = std::env::var_os(LISTEN_FD_ENV) else {
+        return Ok(None);
+    };
+    let refuse = |why: String| {
+        RunError::Proxy(cplb_proxy::ProxyError::Adopt {
+            want,
+            source: std::io::Error::other(format!("{LISTEN_FD_ENV}={value:?}: {why}")),
+        })
+    };
+    let fd: RawFd = value
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| refuse("not a descriptor number above 2".into()))?;
+    // Is it open at all? F_GETFD only reads the descriptor's flags.
+    nix::fcntl::fcntl(
+        // SAFETY: borrowed only for this call, which fails cleanly (EBADF)
+        // on a descriptor that is not open.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .map_err(|e| refuse(e.to_string()))?;
+    // SAFETY: open (checked above); borrowed for the check only.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let listening = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::AcceptConn)
+        .map_err(|e| refuse(format!("not a socket: {e}")))?;
+    if !listening {
+        return Err(refuse("not a listening socket".into()));
+    }
+    // SAFETY: an open listening socket that the supervisor passed to this
+    // process for exactly this use; nothing else in the worker owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    info!(
+        component = "proxy",
+        fd, "serving the listening socket held by the supervisor"
+    );
+    Ok(Some(std::net::TcpListener::from(owned)))
 }

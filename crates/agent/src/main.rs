@@ -199,7 +199,10 @@ fn main() -> ExitCode {
                 let Some(plan) = plan_or_refuse(&config).await? else {
                     return Ok(ExitCode::FAILURE);
                 };
-                if let Some(released) = run::release_unless_running(&plan, &lock_file).await? {
+                if let Some(released) =
+                    run::release_unless_running(&plan, &lock_file, run::ReleaseScope::Everything)
+                        .await?
+                {
                     info!(component = "agent", ?released, "release done");
                 }
                 Ok(ExitCode::SUCCESS)

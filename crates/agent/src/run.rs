@@ -108,16 +108,32 @@ pub async fn run(plan: Plan, options: RunOptions) -> Result<(), RunError> {
     Ok(())
 }
 
+/// What a release takes away besides the VIPs (and IPVS services).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseScope {
+    /// The REDIRECT rules too: nothing of the agent is left (`cplb
+    /// release`, a supervisor giving up or stopping).
+    Everything,
+    /// Not the rules: a supervisor that holds the proxy's listening socket
+    /// and restarts its worker at once. Clients still sent here by a stale
+    /// ARP entry then wait in the backlog for the new worker instead of
+    /// being refused; the worker checks the rules when it starts.
+    KeepRules,
+}
+
 /// Crash handoff (`cplb release`): priority-0 adverts for every instance
 /// whose VIPs are still on this node, VIPs removed, then the REDIRECT rules
-/// removed. Safe to run after a clean stop: it then finds nothing to do.
-pub async fn release(plan: &Plan) -> Result<Vec<u8>, RunError> {
+/// removed unless `scope` keeps them. Safe to run after a clean stop: it
+/// then finds nothing to do.
+pub async fn release(plan: &Plan, scope: ReleaseScope) -> Result<Vec<u8>, RunError> {
     let instances = plan.instances.iter().map(|i| i.vrrp.clone()).collect();
     let released = driver::release(instances).await?;
     if let Some(ipvs) = &plan.ipvs {
         crate::ipvs::release(ipvs).await?;
     }
-    if let Some(lb) = &plan.load_balancer {
+    if let Some(lb) = &plan.load_balancer
+        && scope == ReleaseScope::Everything
+    {
         let rules = Rules::detect(lb.netfilter, lb.output_rule).await?;
         let errors = rules.uninstall(&lb.redirects).await;
         if !errors.is_empty() {
@@ -135,6 +151,7 @@ pub async fn release(plan: &Plan) -> Result<Vec<u8>, RunError> {
 pub async fn release_unless_running(
     plan: &Plan,
     lock_file: &std::path::Path,
+    scope: ReleaseScope,
 ) -> Result<Option<Vec<u8>>, RunError> {
     let _lock = match crate::lock::AgentLock::try_acquire(lock_file) {
         Ok(lock) => lock,
@@ -144,7 +161,7 @@ pub async fn release_unless_running(
         }
         Err(e) => return Err(e.into()),
     };
-    release(plan).await.map(Some)
+    release(plan, scope).await.map(Some)
 }
 
 /// SIGTERM and SIGINT.

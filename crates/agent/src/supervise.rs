@@ -1,9 +1,16 @@
 //! `cplb run --supervise`: a parent that runs the agent as a child
 //! process; when the child dies without being asked to, it hands the VIPs
-//! over at once ([`crate::run::release`]) and starts it again with a growing
-//! pause. SIGTERM/SIGINT are passed on and the parent exits with the
-//! child's status. (Under systemd the unit does the same with
-//! `ExecStopPost=cplb release` and `Restart=always`.)
+//! over at once ([`crate::run::release`]) and starts it again: at once the
+//! first time, then after a growing pause. SIGTERM/SIGINT are passed on and
+//! the parent exits with the child's status. (Under systemd the unit does
+//! the same with `ExecStopPost=cplb release` and `Restart=always`.)
+//!
+//! The parent also holds the proxy's listening socket and hands it to each
+//! worker ([`crate::lb::LISTEN_FD_ENV`]), keeping the REDIRECT rules across
+//! an immediate restart: clients that reach this node while the worker is
+//! dead (a stale ARP entry, a local client through the OUTPUT rule) wait in
+//! the backlog and are served by the next worker instead of being refused
+//! (HAProxy outliving keepalived gives k0s the same).
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -14,11 +21,13 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
+use crate::lb::LISTEN_FD_ENV;
 use crate::logging::LogArgs;
 use crate::plan::Plan;
-use crate::run;
+use crate::run::{self, ReleaseScope};
 
-/// The first pause before a restart; it doubles up to [`MAX_BACKOFF`].
+/// The pause before the second restart in a row (the first is immediate);
+/// it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A worker that ran this long resets the pause.
@@ -66,7 +75,10 @@ pub async fn supervise(
     let exe = std::env::current_exe()?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Duration::ZERO;
+    let mut held = hold_listener(plan);
+    // The last handoff left the rules for the worker now starting.
+    let mut rules_kept = false;
     loop {
         let mut command = tokio::process::Command::new(&exe);
         command
@@ -77,6 +89,9 @@ pub async fn supervise(
             .arg(lock_file)
             .args(log.to_args());
         die_with_parent(&mut command);
+        if let Some(listener) = &held {
+            pass_listener(&mut command, listener);
+        }
         let started = Instant::now();
         let mut child = command.spawn()?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok());
@@ -86,27 +101,47 @@ pub async fn supervise(
             _ = sigint.recv() => Some(Signal::SIGTERM),
             status = child.wait() => {
                 let status = status?;
+                if started.elapsed() > STABLE_RUN {
+                    backoff = Duration::ZERO;
+                }
                 if status.success() {
                     info!(component = "agent", "worker stopped cleanly");
                     return Ok(());
                 }
                 if status.code() == Some(WORKER_REFUSED) {
                     // Another agent runs here, a port is taken, or the
-                    // configuration cannot work: a restart would not help
-                    // and the release would be skipped anyway.
+                    // configuration cannot work: a restart would not help.
+                    // Rules kept by the handoff before it are removed (the
+                    // release is skipped if another agent holds the lock).
+                    if rules_kept {
+                        let _ = run::release_unless_running(plan, lock_file, ReleaseScope::Everything).await;
+                    }
                     return Err(SuperviseError::Refused);
                 }
-                warn!(component = "agent", %status, "worker died; handing the VIPs over");
+                // Restarting at once with the socket held: keep the rules,
+                // so clients wait for the next worker. Otherwise nothing
+                // would serve them for the pause: remove them.
+                let scope = if backoff.is_zero() && held.is_some() {
+                    ReleaseScope::KeepRules
+                } else {
+                    ReleaseScope::Everything
+                };
+                warn!(component = "agent", %status, ?scope, restart_in = ?backoff, "worker died; handing the VIPs over");
                 // The worker is reaped, so its lock is free unless another
                 // agent took it meanwhile (then that one owns the VIPs).
-                if let Err(e) = run::release_unless_running(plan, lock_file).await {
+                if let Err(e) = run::release_unless_running(plan, lock_file, scope).await {
                     warn!(component = "agent", error = %e, "release incomplete");
                 }
+                rules_kept = scope == ReleaseScope::KeepRules;
                 None
             }
         };
         if let Some(signal) = stop {
             info!(component = "agent", "stopping the worker");
+            // Only the worker's copy serves from now on: once it stops
+            // accepting, new clients are refused instead of waiting in a
+            // backlog that nobody will read.
+            drop(held.take());
             if let Some(pid) = pid {
                 let _ = kill(Pid::from_raw(pid), signal);
             }
@@ -116,7 +151,7 @@ pub async fn supervise(
                 // had installed its handlers (it had just been restarted),
                 // so it did not clean up after itself.
                 warn!(component = "agent", %status, "worker stopped before it could handle the signal; releasing");
-                run::release_unless_running(plan, lock_file).await?;
+                run::release_unless_running(plan, lock_file, ReleaseScope::Everything).await?;
                 return Ok(());
             }
             if !status.success() {
@@ -124,15 +159,49 @@ pub async fn supervise(
             }
             return Ok(());
         }
-        if started.elapsed() > STABLE_RUN {
-            backoff = MIN_BACKOFF;
+        if !backoff.is_zero() {
+            // The rules went with the handoff: nothing to clean up.
+            tokio::select! {
+                _ = sigterm.recv() => return Ok(()),
+                _ = sigint.recv() => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
         }
-        tokio::select! {
-            _ = sigterm.recv() => return Ok(()),
-            _ = sigint.recv() => return Ok(()),
-            () = tokio::time::sleep(backoff) => {}
+        backoff = (backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+    }
+}
+
+/// The proxy's listening socket, bound by the parent, or `None` (no proxy
+/// in this mode, or the bind failed: the worker then binds and reports why
+/// itself, with the owner of the port).
+fn hold_listener(plan: &Plan) -> Option<std::net::TcpListener> {
+    let lb = plan.load_balancer.as_ref()?;
+    match cplb_proxy::listen(&lb.proxy) {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            warn!(component = "agent", error = %e, "cannot hold the proxy's socket; the worker binds its own");
+            None
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Hands `listener` to the worker: its descriptor stays open across exec
+/// (in the child only) and its number goes in [`LISTEN_FD_ENV`].
+#[allow(unsafe_code)] // pre_exec: the only way to change a flag in the child alone.
+fn pass_listener(command: &mut tokio::process::Command, listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    let fd = listener.as_raw_fd();
+    command.env(LISTEN_FD_ENV, fd.to_string());
+    // SAFETY: the hook runs in the forked child before exec and only calls
+    // fcntl, which is async-signal-safe; the parent's descriptor keeps its
+    // close-on-exec flag, so no other program it starts inherits it.
+    unsafe {
+        command.pre_exec(move || {
+            if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -84,6 +84,20 @@ impl Solo {
         agent
     }
 
+    /// The pid of the worker under `supervisor`.
+    fn worker_of(&self, supervisor: ChildId) -> nix::unistd::Pid {
+        let parent = self.lab.child_pid(supervisor).unwrap().to_string();
+        let out = std::process::Command::new("pgrep")
+            .args(["-P", &parent])
+            .output()
+            .unwrap();
+        let worker: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("worker pid of {parent}: {e}"));
+        nix::unistd::Pid::from_raw(worker)
+    }
+
     fn holds_vip(&self) -> bool {
         self.lab
             .has_address(&self.c1.netns, &self.c1.ifname, VIP.parse().unwrap())
@@ -174,16 +188,7 @@ fn a_taken_admin_port_exits_78_naming_its_owner() {
 fn the_supervised_worker_dies_with_a_sigkilled_parent() {
     let solo = Solo::new("orphan");
     let supervisor = solo.start(&["--supervise"]);
-    let parent = solo.lab.child_pid(supervisor).unwrap().to_string();
-    let out = std::process::Command::new("pgrep")
-        .args(["-P", &parent])
-        .output()
-        .unwrap();
-    let worker: i32 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("worker pid of {parent}: {e}"));
-    let worker = nix::unistd::Pid::from_raw(worker);
+    let worker = solo.worker_of(supervisor);
 
     solo.lab.signal(supervisor, Signal::SIGKILL).unwrap();
     let _ = solo.lab.wait_child(supervisor, Duration::from_secs(10));
@@ -214,4 +219,55 @@ fn exited(pid: nix::unistd::Pid) -> bool {
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
+}
+
+/// Supervised crash (issue 15): the supervisor holds the proxy's listening
+/// socket and keeps the rules across the immediate restart, so a client
+/// that arrives while the worker is dead waits in the backlog and is served
+/// by the next worker. (Before: refused, for the second before a restart.)
+#[test]
+fn a_client_arriving_while_the_supervised_worker_is_dead_is_served_by_the_next_one() {
+    use std::io::{Read, Write};
+    let solo = Solo::new("backlog");
+    // The bootstrap backend (no kubeconfig): 127.0.0.1:6443 in c1.
+    let backend = cplb_e2e::in_netns(&solo.c1.netns, || {
+        std::net::TcpListener::bind("127.0.0.1:6443")
+    })
+    .unwrap()
+    .unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            if let Ok((mut stream, _)) = backend.accept() {
+                let _ = stream.write_all(b"hello");
+            }
+        }
+    });
+    let ask = || {
+        cplb_e2e::in_netns(&solo.c1.netns, || {
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:6444")?;
+            stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok::<_, std::io::Error>(answer)
+        })
+        .unwrap()
+    };
+    let supervisor = solo.start(&["--supervise"]);
+    assert_eq!(ask().unwrap(), "hello", "{}", dump_log(&solo.log));
+
+    let worker = solo.worker_of(supervisor);
+    nix::sys::signal::kill(worker, Signal::SIGKILL).unwrap();
+    wait_until("the worker to die", Duration::from_secs(10), || {
+        exited(worker)
+    })
+    .unwrap();
+    let answer = ask();
+    assert!(
+        matches!(&answer, Ok(a) if a == "hello"),
+        "{answer:?}: {}",
+        dump_log(&solo.log)
+    );
+    assert_eq!(solo.rules(), 2, "{}", dump_log(&solo.log));
+    server.join().unwrap();
+    solo.stop(supervisor);
 }

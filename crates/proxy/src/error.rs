@@ -15,6 +15,16 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    /// A listening socket handed over by a parent process is not one the
+    /// configuration can use.
+    #[error("cannot take over the inherited listening socket for {want}")]
+    Adopt {
+        /// The configured listening address.
+        want: SocketAddr,
+        /// What is wrong with it.
+        #[source]
+        source: io::Error,
+    },
     /// The configuration has no bootstrap backend.
     #[error("no initial backend configured")]
     NoInitialBackend,

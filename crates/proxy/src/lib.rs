@@ -168,11 +168,35 @@ pub struct Proxy {
 impl Proxy {
     /// Binds the listening socket. Must be called inside a tokio runtime.
     pub async fn bind(config: ProxyConfig) -> Result<Self, ProxyError> {
+        Self::bind_or_adopt(config, None).await
+    }
+
+    /// Serves on `listener`, a socket made by [`listen`] (usually in a
+    /// parent process that keeps it open while this one restarts) instead
+    /// of binding one; it must listen on `config.listen`'s port. Must be
+    /// called inside a tokio runtime.
+    pub async fn adopt(
+        config: ProxyConfig,
+        listener: std::net::TcpListener,
+    ) -> Result<Self, ProxyError> {
+        Self::bind_or_adopt(config, Some(listener)).await
+    }
+
+    async fn bind_or_adopt(
+        config: ProxyConfig,
+        inherited: Option<std::net::TcpListener>,
+    ) -> Result<Self, ProxyError> {
         let initial = BackendSet::new(config.initial_backends.iter().copied())
             .ok_or(ProxyError::NoInitialBackend)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ProxyError::NoRuntime)?;
-        let (listener, local_addr) =
-            listener::bind(config.listen, config.backlog, config.keepalive)?;
+        let (socket, local_addr) = match inherited {
+            Some(listener) => listener::adopt(listener, config.listen)?,
+            None => listener::bind(config.listen, config.backlog, config.keepalive)?,
+        };
+        let listener = listener::register(socket).map_err(|source| ProxyError::Bind {
+            addr: local_addr,
+            source,
+        })?;
         tracing::info!(
             component = "proxy",
             listen = %local_addr,
@@ -218,6 +242,17 @@ impl Proxy {
     }
 }
 
+/// The listening socket [`Proxy::bind`] would make for `config` (dual-stack
+/// wildcard with the IPv4 fallback, `SO_REUSEADDR`, `TCP_NODELAY` and
+/// keepalive inherited by accepted sockets, `config.backlog`), without
+/// serving it: for a parent process that holds it while the process
+/// serving it ([`Proxy::adopt`]) restarts, so that clients arriving
+/// meanwhile wait in the backlog instead of being refused.
+pub fn listen(config: &ProxyConfig) -> Result<std::net::TcpListener, ProxyError> {
+    let (socket, _) = listener::bind(config.listen, config.backlog, config.keepalive)?;
+    Ok(socket.into())
+}
+
 /// A proxy serving on a thread of its own; see [`ProxyThread::spawn`].
 #[derive(Debug)]
 pub struct ProxyThread {
@@ -241,6 +276,16 @@ impl ProxyThread {
         config: ProxyConfig,
         shutdown: CancellationToken,
     ) -> Result<ProxyThread, ProxyError> {
+        Self::spawn_with(config, None, shutdown).await
+    }
+
+    /// [`ProxyThread::spawn`], serving on `inherited` (see [`Proxy::adopt`])
+    /// when given instead of binding a socket of its own.
+    pub async fn spawn_with(
+        config: ProxyConfig,
+        inherited: Option<std::net::TcpListener>,
+        shutdown: CancellationToken,
+    ) -> Result<ProxyThread, ProxyError> {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         // Sent to when the proxy has drained; dropped unsent if the thread
         // ends any other way (a panic).
@@ -259,7 +304,7 @@ impl ProxyThread {
                     }
                 };
                 runtime.block_on(async move {
-                    match Proxy::bind(config).await {
+                    match Proxy::bind_or_adopt(config, inherited).await {
                         Ok(proxy) => {
                             let bound = (proxy.local_addr(), proxy.backends_handle());
                             if bound_tx.send(Ok(bound)).is_ok() {

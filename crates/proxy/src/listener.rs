@@ -22,7 +22,7 @@ pub(crate) fn bind(
     addr: SocketAddr,
     backlog: u32,
     keepalive: Duration,
-) -> Result<(Listener, SocketAddr), ProxyError> {
+) -> Result<(Socket, SocketAddr), ProxyError> {
     match bind_exact(addr, backlog, keepalive) {
         Err(ProxyError::Bind { source, .. })
             if addr.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
@@ -50,7 +50,7 @@ fn bind_exact(
     addr: SocketAddr,
     backlog: u32,
     keepalive: Duration,
-) -> Result<(Listener, SocketAddr), ProxyError> {
+) -> Result<(Socket, SocketAddr), ProxyError> {
     let err = |source| ProxyError::Bind { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
@@ -73,13 +73,43 @@ fn bind_exact(
         .map_err(err)?
         .as_socket()
         .ok_or_else(|| err(std::io::ErrorKind::InvalidInput.into()))?;
-    let listener = register(socket).map_err(err)?;
-    Ok((listener, local))
+    Ok((socket, local))
+}
+
+/// Takes over a listening socket made by [`bind`] in another process (a
+/// supervisor that keeps it open while the process serving it restarts):
+/// checks that it is a listening TCP socket on `want`'s port, makes it
+/// non-blocking and close-on-exec. Returns it with its address.
+pub(crate) fn adopt(
+    listener: std::net::TcpListener,
+    want: SocketAddr,
+) -> Result<(Socket, SocketAddr), ProxyError> {
+    let socket = Socket::from(listener);
+    let err = |source| ProxyError::Adopt { want, source };
+    let listening = socket.is_listener().map_err(err)?;
+    let local = socket
+        .local_addr()
+        .map_err(err)?
+        .as_socket()
+        .ok_or_else(|| err(std::io::ErrorKind::InvalidInput.into()))?;
+    if !listening || (want.port() != 0 && local.port() != want.port()) {
+        return Err(err(std::io::Error::other(format!(
+            "inherited socket is {local}, {}",
+            if listening {
+                "listening"
+            } else {
+                "not listening"
+            }
+        ))));
+    }
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.set_cloexec(true).map_err(err)?;
+    Ok((socket, local))
 }
 
 /// Registers the listening socket with the runtime, for readability only.
 #[allow(unsafe_code)]
-fn register(socket: Socket) -> std::io::Result<Listener> {
+pub(crate) fn register(socket: Socket) -> std::io::Result<Listener> {
     // SAFETY: the `Socket` owns its descriptor and moves into the AsyncFd,
     // so the descriptor stays open, and `as_raw_fd` keeps returning it, for
     // the AsyncFd's whole life (the contract of `register_with_interest`).
@@ -195,7 +225,8 @@ mod tests {
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_and_keepalive() {
         let idle = Duration::from_secs(42);
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap(), 16, idle).unwrap();
+        let (socket, addr) = bind("127.0.0.1:0".parse().unwrap(), 16, idle).unwrap();
+        let listener = register(socket).unwrap();
         let client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (sock, peer) = accept(&listener).await.unwrap();
         assert_eq!(peer, client.local_addr().unwrap());

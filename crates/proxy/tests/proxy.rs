@@ -912,3 +912,52 @@ fn fd_exhaustion_child() {
         assert_eq!(seen, [1, 2].into());
     });
 }
+
+/// A listening socket made by `listen` (a supervisor's) queues clients
+/// before any proxy serves it; the proxy that adopts it later serves them.
+#[tokio::test]
+async fn an_adopted_listener_serves_the_clients_that_queued_before_it() {
+    init_tracing();
+    let backend = EchoBackend::start(4).await;
+    let cfg = config(vec![backend.addr]);
+    let held = cplb_proxy::listen(&cfg).unwrap();
+    let addr = held.local_addr().unwrap();
+    // Connected while nothing serves the socket: the kernel completes the
+    // handshake into the backlog.
+    let mut early = TcpStream::connect(addr).await.unwrap();
+    let inherited = held.try_clone().unwrap();
+    let mut want = cfg.clone();
+    want.listen = addr;
+    let proxy = Proxy::adopt(want, inherited).await.unwrap();
+    assert_eq!(proxy.local_addr(), addr);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(proxy.run(shutdown.clone()));
+    assert_eq!(read_greeting(&mut early).await, 4);
+    let mut late = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(read_greeting(&mut late).await, 4);
+    drop((early, late));
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+/// A socket that is not listening, or listens on another port than the
+/// configured one, is refused.
+#[tokio::test]
+async fn adopting_a_socket_that_does_not_fit_is_an_error() {
+    init_tracing();
+    let mut cfg = config(vec!["127.0.0.1:9".parse().unwrap()]);
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    cfg.listen = "127.0.0.1:1".parse().unwrap();
+    let err = Proxy::adopt(cfg.clone(), other).await.unwrap_err();
+    assert!(matches!(err, cplb_proxy::ProxyError::Adopt { .. }), "{err}");
+
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    cfg.listen = socket.local_addr().unwrap().as_socket().unwrap();
+    let err = Proxy::adopt(cfg, socket.into()).await.unwrap_err();
+    assert!(err.to_string().contains("inherited"), "{err}");
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("not listening"), "{source}");
+}
