@@ -10,7 +10,7 @@
 //! host. `CPLB_BLESS=1` prints what the binary said instead of failing, to
 //! review a new case.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -18,28 +18,12 @@ use cplb_e2e::{Host, Lab};
 
 #[path = "support/markdown.rs"]
 mod markdown;
+#[path = "support/scratch.rs"]
+mod scratch;
 use markdown::yaml_blocks;
+use scratch::Scratch;
 
 const CPLB: &str = env!("CARGO_BIN_EXE_cplb");
-
-/// A scratch directory removed on drop, one per test (the tests run in
-/// parallel in one process: a shared one was removed under the others).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("cplb-broken-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The k0s document every case starts from: line 8 is the instance.
 const BASE: &str = "spec:
@@ -526,7 +510,7 @@ fn validate_and_run_refuse_each_broken_configuration_with_the_same_message() {
     assert!(cases.len() >= 30, "{} cases", cases.len());
     let mut failures = Vec::new();
     for (name, document, want) in &cases {
-        let file = scratch.0.join(format!("{name}.yaml"));
+        let file = scratch.path(&format!("{name}.yaml"));
         std::fs::write(&file, document).unwrap();
         let validate = run_in(&lab, &host, &["validate"], &file);
         let got = lines_about(&validate, &file);
@@ -619,7 +603,7 @@ fn every_shipped_configuration_gets_the_same_verdict_from_validate_and_run() {
     assert!(files.len() >= 4, "{} configurations", files.len());
     let (mut ran, mut refused) = (0, 0);
     for (name, text) in &files {
-        let file = scratch.0.join(format!("{name}.yaml"));
+        let file = scratch.path(&format!("{name}.yaml"));
         // Leave the kubeconfig out of it: a missing one is retried.
         std::fs::write(&file, text).unwrap();
         let validate = run_in(&lab, &host, &["validate"], &file);
@@ -676,7 +660,7 @@ fn host_none_checks_a_file_for_another_controller() {
     let mut lab = Lab::new().unwrap();
     let host = lab.add_host("c1", Some("192.0.2.11/24"), None).unwrap();
     let scratch = Scratch::new("host-none");
-    let file = scratch.0.join("other.yaml");
+    let file = scratch.path("other.yaml");
     // Another controller's MAC; a VIP that is c1's own address.
     std::fs::write(
         &file,
