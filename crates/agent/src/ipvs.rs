@@ -45,6 +45,7 @@ use tracing::{info, warn};
 
 use crate::error::RunError;
 use crate::plan::{IpvsPlan, forward_name};
+use crate::run::ReleaseScope;
 use crate::status::{IpvsReport, IpvsServiceReport, RealServerReport};
 
 /// How often the kernel's counters are read for the report.
@@ -116,7 +117,7 @@ impl IpvsBalancer {
         };
         if let Err(e) = controller.prepare().await {
             // Leave nothing half-made behind.
-            let _ = controller.teardown().await;
+            let _ = controller.teardown(ReleaseScope::Everything).await;
             return Err(e);
         }
         let report = controller.report.subscribe();
@@ -210,7 +211,7 @@ impl IpvsBalancer {
     pub(crate) async fn stop(mut self) -> Vec<String> {
         self.vips_released().await;
         match self.stopped.take() {
-            Some(c) => c.teardown().await,
+            Some(c) => c.teardown(ReleaseScope::Everything).await,
             None => vec!["IPVS controller lost: services, dummyvip0 and ARP guard not removed (run cplb release)".to_owned()],
         }
     }
@@ -430,7 +431,7 @@ impl Controller {
 
     /// Stop: services removed, sync daemons stopped, `dummyvip0` deleted,
     /// guard table removed. Returns what could not be.
-    async fn teardown(self) -> Vec<String> {
+    async fn teardown(self, scope: ReleaseScope) -> Vec<String> {
         let mut leftovers = Vec::new();
         note(
             &mut leftovers,
@@ -443,6 +444,18 @@ impl Controller {
         for role in [SyncState::Master, SyncState::Backup] {
             // ESRCH when that role does not run: nothing to undo.
             let _ = self.ipvs.stop_sync_daemon(role).await;
+        }
+        if scope == ReleaseScope::ForRestart {
+            // Every controller has dummyvip0, holder or not: the new holder
+            // forwards (DR) connections persisted to this node's apiserver
+            // to the VIP here. Kept for the worker restarting at once; the
+            // guard now drops ARP for every VIP, none being held.
+            note(
+                &mut leftovers,
+                "guarding ARP for every VIP",
+                self.guard.apply(&ipv4(self.plan.vips.iter().copied())),
+            );
+            return leftovers;
         }
         note(
             &mut leftovers,
@@ -488,7 +501,7 @@ fn service_report(s: &ServiceStatus, health: &HealthSnapshot) -> IpvsServiceRepo
 
 /// `cplb release` in IPVS mode: after a crash, the services, sync daemons,
 /// `dummyvip0` and the guard go (a restarted agent makes them again).
-pub(crate) async fn release(plan: &IpvsPlan) -> Result<(), RunError> {
+pub(crate) async fn release(plan: &IpvsPlan, scope: ReleaseScope) -> Result<(), RunError> {
     let ipvs = Ipvs::connect().await?;
     let controller = Controller {
         ipvs,
@@ -502,7 +515,7 @@ pub(crate) async fn release(plan: &IpvsPlan) -> Result<(), RunError> {
         report: watch::Sender::new(IpvsReport::default()),
         counters: IpvsReport::default(),
     };
-    let leftovers = controller.teardown().await;
+    let leftovers = controller.teardown(scope).await;
     if leftovers.is_empty() {
         Ok(())
     } else {

@@ -108,17 +108,20 @@ pub async fn run(plan: Plan, options: RunOptions) -> Result<(), RunError> {
     Ok(())
 }
 
-/// What a release takes away besides the VIPs (and IPVS services).
+/// What a release takes away besides the VIPs and the IPVS services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReleaseScope {
-    /// The REDIRECT rules too: nothing of the agent is left (`cplb
-    /// release`, a supervisor giving up or stopping).
+    /// Everything of the agent (`cplb release`, a supervisor that pauses
+    /// before the next worker or stops).
     Everything,
-    /// Not the rules: a supervisor that holds the proxy's listening socket
-    /// and restarts its worker at once. Clients still sent here by a stale
-    /// ARP entry then wait in the backlog for the new worker instead of
-    /// being refused; the worker checks the rules when it starts.
-    KeepRules,
+    /// Not what every controller has whether it holds a VIP or not: the
+    /// REDIRECT rules (proxy mode) and dummyvip0 (IPVS mode, its ARP guard
+    /// then covering every VIP). For a supervisor that restarts its worker
+    /// at once: clients still sent here (a stale ARP entry, the OUTPUT rule,
+    /// connections the new holder forwards to this node's apiserver) keep
+    /// being served, or wait in the held backlog, instead of failing; the
+    /// worker checks all of it when it starts.
+    ForRestart,
 }
 
 /// Crash handoff (`cplb release`): priority-0 adverts for every instance
@@ -129,7 +132,7 @@ pub async fn release(plan: &Plan, scope: ReleaseScope) -> Result<Vec<u8>, RunErr
     let instances = plan.instances.iter().map(|i| i.vrrp.clone()).collect();
     let released = driver::release(instances).await?;
     if let Some(ipvs) = &plan.ipvs {
-        crate::ipvs::release(ipvs).await?;
+        crate::ipvs::release(ipvs, scope).await?;
     }
     if let Some(lb) = &plan.load_balancer
         && scope == ReleaseScope::Everything

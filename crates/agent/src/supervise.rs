@@ -6,11 +6,12 @@
 //! the same with `ExecStopPost=cplb release` and `Restart=always`.)
 //!
 //! The parent also holds the proxy's listening socket and hands it to each
-//! worker ([`crate::lb::LISTEN_FD_ENV`]), keeping the REDIRECT rules across
-//! an immediate restart: clients that reach this node while the worker is
-//! dead (a stale ARP entry, a local client through the OUTPUT rule) wait in
-//! the backlog and are served by the next worker instead of being refused
-//! (HAProxy outliving keepalived gives k0s the same).
+//! worker ([`crate::lb::LISTEN_FD_ENV`]), and keeps the REDIRECT rules (and
+//! in IPVS mode dummyvip0) across an immediate restart
+//! ([`ReleaseScope::ForRestart`]): clients that reach this node while the
+//! worker is dead (a stale ARP entry, a local client through the OUTPUT
+//! rule) wait in the backlog and are served by the next worker instead of
+//! being refused (HAProxy outliving keepalived gives k0s the same).
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -118,11 +119,11 @@ pub async fn supervise(
                     }
                     return Err(SuperviseError::Refused);
                 }
-                // Restarting at once with the socket held: keep the rules,
-                // so clients wait for the next worker. Otherwise nothing
-                // would serve them for the pause: remove them.
-                let scope = if backoff.is_zero() && held.is_some() {
-                    ReleaseScope::KeepRules
+                // Restarting at once: keep the rules (clients wait in the
+                // held backlog for the next worker) and dummyvip0. With a
+                // pause nothing would serve them meanwhile: remove them.
+                let scope = if backoff.is_zero() {
+                    ReleaseScope::ForRestart
                 } else {
                     ReleaseScope::Everything
                 };
@@ -132,7 +133,7 @@ pub async fn supervise(
                 if let Err(e) = run::release_unless_running(plan, lock_file, scope).await {
                     warn!(component = "agent", error = %e, "release incomplete");
                 }
-                rules_kept = scope == ReleaseScope::KeepRules;
+                rules_kept = scope == ReleaseScope::ForRestart;
                 None
             }
         };
