@@ -22,6 +22,11 @@
 //! failover moves the services on SIGTERM (the old holder keeps nothing:
 //! no service, no `dummyvip0`, no guard), on SIGKILL of the worker (the
 //! supervisor's release) and on link down.
+//!
+//! Also here, each with its own VM: the rolling migration from k0s's
+//! keepalived in IPVS mode to cplb ([`migration_inside_the_vm`]), an IPv6
+//! VIP ([`ipv6_vips_inside_the_vm`]), and the IPVS benchmark
+//! ([`ipvs_bench_inside_the_vm`], ignored: `bench/ipvs/run.sh`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -57,10 +62,7 @@ fn migration_from_k0s_keepalived_ipvs_in_a_vm() {
 #[test]
 #[ignore = "benchmark: bench/ipvs/run.sh"]
 fn ipvs_bench_in_a_vm() {
-    let reps: usize = std::env::var("CPLB_BENCH_REPS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
+    let reps = bench_reps();
     let out = run_vm_half_with(
         "ipvs_bench_inside_the_vm",
         Duration::from_secs(5400),
@@ -75,6 +77,14 @@ fn ipvs_bench_in_a_vm() {
     if let Some(path) = std::env::var_os("CPLB_BENCH_OUT") {
         std::fs::write(&path, report).unwrap();
     }
+}
+
+/// `$CPLB_BENCH_REPS`, 3 by default.
+fn bench_reps() -> usize {
+    std::env::var("CPLB_BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
 }
 
 /// Boots the VM and runs the VM half `name` of this test binary in it.
@@ -115,6 +125,34 @@ struct IpvsLab {
 }
 
 impl IpvsLab {
+    /// The lab without agents (`None`, said, outside the VM).
+    fn start(family: cplb_lab::Family, log_level: &str) -> Option<IpvsLab> {
+        if std::env::var_os("CPLB_IN_VM").is_none() {
+            eprintln!("skipped: this half runs only inside the VM (its host half starts it)");
+            return None;
+        }
+        let plane = ControlPlane::start(Options {
+            start_agents: false,
+            family,
+            log_level: Some(log_level.to_owned()),
+            ..Options::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        Some(IpvsLab {
+            plane,
+            started: Instant::now(),
+        })
+    }
+
+    /// Waits until every running agent is healthy at its base priority.
+    fn wait_base_priority(&self) {
+        self.wait("every agent healthy at its base priority", || {
+            (0..3)
+                .all(|i| self.plane.agent_at_base_priority(i))
+                .then_some(())
+        });
+    }
+
     fn sh(&self, i: usize, script: &str) -> std::process::Output {
         // Failing commands are answers here (no dummyvip0, no table).
         let c = &self.plane.controllers()[i];
@@ -139,7 +177,7 @@ impl IpvsLab {
     /// The real servers `ipvsadm --save -n` lists for VIP:6443 on `i`,
     /// with their weights.
     fn real_servers(&self, i: usize) -> Vec<(String, u32)> {
-        let prefix = format!("-a -t {VIP}:{API_PORT} -r ");
+        let prefix = format!("-a -t {} -r ", self.service());
         self.ipvsadm(i)
             .iter()
             .filter_map(|l| l.strip_prefix(&prefix))
@@ -160,7 +198,7 @@ impl IpvsLab {
     fn has_service(&self, i: usize) -> bool {
         self.ipvsadm(i)
             .iter()
-            .any(|l| l.starts_with(&format!("-A -t {VIP}:{API_PORT}")))
+            .any(|l| l.starts_with(&format!("-A -t {} ", self.service())))
     }
 
     /// The controllers with the service, in order.
@@ -189,7 +227,12 @@ impl IpvsLab {
     }
 
     fn apiserver(&self, i: usize) -> String {
-        format!("{}:{API_PORT}", self.plane.controllers()[i].ip)
+        SocketAddr::new(self.plane.controllers()[i].ip, API_PORT).to_string()
+    }
+
+    /// VIP:6443 as `ipvsadm` prints it (`[2001:db8::100]:6443` for IPv6).
+    fn service(&self) -> String {
+        self.plane.vip_api().to_string()
     }
 
     fn all_apiservers(&self) -> BTreeSet<String> {
@@ -260,19 +303,8 @@ impl IpvsLab {
 #[test]
 #[ignore = "runs inside the VM, started by ipvs_mode_in_a_vm"]
 fn ipvs_lab_inside_the_vm() {
-    if std::env::var_os("CPLB_IN_VM").is_none() {
-        eprintln!("skipped: this half runs only inside the VM (ipvs_mode_in_a_vm)");
+    let Some(mut lab) = IpvsLab::start(cplb_lab::Family::V4, "info,cplb=debug") else {
         return;
-    }
-    let plane = ControlPlane::start(Options {
-        start_agents: false,
-        log_level: Some("info,cplb=debug".to_owned()),
-        ..Options::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut lab = IpvsLab {
-        plane,
-        started: Instant::now(),
     };
     for i in 0..3 {
         lab.plane.write_ipvs_config(i, DELAY_LOOP).unwrap();
@@ -297,11 +329,7 @@ fn ipvs_lab_inside_the_vm() {
     let all = lab.all_apiservers();
     // Health-aware mastership: each node starts degraded and earns its
     // base priority; the VIP may move once meanwhile.
-    lab.wait("every agent healthy at its base priority", || {
-        (0..3)
-            .all(|i| lab.plane.agent_at_base_priority(i))
-            .then_some(())
-    });
+    lab.wait_base_priority();
     let holder = lab.settled(&all);
     for i in 0..3 {
         let dummy = lab.wait("dummyvip0 on every controller", || lab.dummy(i));
@@ -732,19 +760,8 @@ const K0S_DELAY_LOOP: &str = "2";
 #[test]
 #[ignore = "runs inside the VM, started by migration_from_k0s_keepalived_ipvs_in_a_vm"]
 fn migration_inside_the_vm() {
-    if std::env::var_os("CPLB_IN_VM").is_none() {
-        eprintln!("skipped: this half runs only inside the VM");
+    let Some(mut lab) = IpvsLab::start(cplb_lab::Family::V4, "info,cplb=debug") else {
         return;
-    }
-    let plane = ControlPlane::start(Options {
-        start_agents: false,
-        log_level: Some("info,cplb=debug".to_owned()),
-        ..Options::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut lab = IpvsLab {
-        plane,
-        started: Instant::now(),
     };
     let keepalived = cplb_e2e::keepalived::binary().unwrap();
     eprintln!(
@@ -867,23 +884,9 @@ impl BenchStack {
 #[test]
 #[ignore = "runs inside the VM, started by ipvs_bench_in_a_vm"]
 fn ipvs_bench_inside_the_vm() {
-    if std::env::var_os("CPLB_IN_VM").is_none() {
-        eprintln!("skipped: this half runs only inside the VM");
+    let reps = bench_reps();
+    let Some(mut lab) = IpvsLab::start(cplb_lab::Family::V4, "info") else {
         return;
-    }
-    let reps: usize = std::env::var("CPLB_BENCH_REPS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
-    let plane = ControlPlane::start(Options {
-        start_agents: false,
-        log_level: Some("info".to_owned()),
-        ..Options::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut lab = IpvsLab {
-        plane,
-        started: Instant::now(),
     };
     let all = lab.all_apiservers();
     let keepalived = cplb_e2e::keepalived::binary().unwrap();
@@ -892,37 +895,32 @@ fn ipvs_bench_inside_the_vm() {
         keepalived.version,
         keepalived.path.display()
     );
-    let mut outages: Vec<(BenchStack, &str, Vec<(cplb_lab::bench::Sample, bool)>)> = Vec::new();
+    let mut outages: Vec<(BenchStack, &str, Vec<Outage>)> = Vec::new();
     let mut removals: Vec<(BenchStack, Vec<Option<f64>>)> = Vec::new();
 
-    // keepalived, delay_loop 60 (k0s's default): the removal only.
-    let k60 = BenchStack::Keepalived("60");
-    lab.bench_start(k60);
-    removals.push((k60, lab.bench_removals(k60, reps, &all)));
-    lab.bench_stop(k60);
-    // keepalived, delay_loop 1: removal and outages.
-    let k1 = BenchStack::Keepalived("1");
-    lab.bench_start(k1);
-    removals.push((k1, lab.bench_removals(k1, reps, &all)));
-    for fault in ["link down", "SIGKILL"] {
-        outages.push((k1, fault, lab.bench_outages(k1, fault, reps, &all)));
+    // (stack, removal measured, outages measured): keepalived with k0s's
+    // default delay_loop (60) for the removal only; cplb's default
+    // delayLoop (1m) and 1s, whose outages should not differ.
+    let plan = [
+        (BenchStack::Keepalived("60"), true, false),
+        (BenchStack::Keepalived("1"), true, true),
+        (BenchStack::Cplb("1m"), true, true),
+        (BenchStack::Cplb("1s"), false, true),
+    ];
+    let mut ipvs_rate = Vec::new();
+    for (stack, removal, faults) in plan {
+        lab.bench_start(stack);
+        if removal {
+            removals.push((stack, lab.bench_removals(stack, reps, &all)));
+        }
+        for fault in ["link down", "SIGKILL"].into_iter().filter(|_| faults) {
+            outages.push((stack, fault, lab.bench_outages(stack, fault, reps, &all)));
+        }
+        if stack == BenchStack::Cplb("1m") {
+            ipvs_rate = lab.bench_rate(reps);
+        }
+        lab.bench_stop(stack);
     }
-    lab.bench_stop(k1);
-    // cplb, delayLoop default (1m): removal; outages with 1m and 1s.
-    let c60 = BenchStack::Cplb("1m");
-    lab.bench_start(c60);
-    removals.push((c60, lab.bench_removals(c60, reps, &all)));
-    for fault in ["link down", "SIGKILL"] {
-        outages.push((c60, fault, lab.bench_outages(c60, fault, reps, &all)));
-    }
-    let ipvs_rate = lab.bench_rate(reps);
-    lab.bench_stop(c60);
-    let c1 = BenchStack::Cplb("1s");
-    lab.bench_start(c1);
-    for fault in ["link down", "SIGKILL"] {
-        outages.push((c1, fault, lab.bench_outages(c1, fault, reps, &all)));
-    }
-    lab.bench_stop(c1);
     // cplb in proxy mode, same lab.
     for i in 0..3 {
         lab.plane.write_proxy_config(i).unwrap();
@@ -1003,6 +1001,10 @@ fn ipvs_bench_inside_the_vm() {
     println!("{REPORT_START}{report}{REPORT_END}");
 }
 
+/// One outage sample, and whether the client's persistence pointed at the
+/// holder's own apiserver.
+type Outage = (cplb_lab::bench::Sample, bool);
+
 /// How long the removal measurement waits.
 const REMOVAL_CAP: Duration = Duration::from_secs(30);
 /// Client threads of the rate measurement.
@@ -1023,11 +1025,7 @@ impl IpvsLab {
             }
         }
         if let BenchStack::Cplb(_) = stack {
-            self.wait("every agent healthy at its base priority", || {
-                (0..3)
-                    .all(|i| self.plane.agent_at_base_priority(i))
-                    .then_some(())
-            });
+            self.wait_base_priority();
         }
     }
 
@@ -1064,7 +1062,7 @@ impl IpvsLab {
         fault: &str,
         reps: usize,
         all: &BTreeSet<String>,
-    ) -> Vec<(cplb_lab::bench::Sample, bool)> {
+    ) -> Vec<Outage> {
         let mut samples = Vec::new();
         for rep in 0..reps {
             let holder = self.settled(all);
@@ -1208,4 +1206,77 @@ impl IpvsLab {
         }
         rates
     }
+}
+
+/// The host half of [`ipv6_vips_inside_the_vm`].
+#[test]
+fn ipv6_vips_in_a_vm() {
+    run_vm_half("ipv6_vips_inside_the_vm", Duration::from_secs(1200));
+}
+
+/// IPVS mode with an IPv6 VIP (`2001:db8::100/64`, VRRPv3, unicast
+/// peers): `dummyvip0` with the VIP /128 on every controller, the service
+/// `[VIP]:6443` on the holder only with the three apiservers, HTTPS through
+/// the VIP (DR over IPv6), and the services moving with the VIP when the
+/// holder is stopped.
+#[test]
+#[ignore = "runs inside the VM, started by ipv6_vips_in_a_vm"]
+fn ipv6_vips_inside_the_vm() {
+    let Some(mut lab) = IpvsLab::start(cplb_lab::Family::V6, "info,cplb=debug") else {
+        return;
+    };
+    let vip = lab.plane.vip();
+    assert!(vip.is_ipv6());
+    for i in 0..3 {
+        lab.plane.write_ipvs_config(i, DELAY_LOOP).unwrap();
+        lab.plane.start_agent_with(i, &["--supervise"]).unwrap();
+    }
+    lab.wait_base_priority();
+    let all = lab.all_apiservers();
+    assert!(all.iter().all(|a| a.starts_with("[2001:db8::")), "{all:?}");
+    let holder = lab.settled(&all);
+    for i in 0..3 {
+        let dummy = lab.wait("dummyvip0 on every controller", || lab.dummy(i));
+        assert_eq!(dummy, [format!("inet6 {vip}/128")], "ctl{}", i + 1);
+    }
+    let save = lab.ipvsadm(holder);
+    assert!(
+        save.contains(&format!("-A -t {} -s rr -p 360", lab.service())),
+        "{save:?}"
+    );
+    for i in (0..3).filter(|&i| i != holder) {
+        assert!(!lab.has_service(i), "ctl{}: {:?}", i + 1, lab.ipvsadm(i));
+    }
+
+    lab.say("HTTPS through the IPv6 VIP (DR)");
+    let fingerprints = lab.plane.fingerprints().unwrap();
+    let prober = lab.plane.client_prober(Duration::from_secs(5)).unwrap();
+    let vip_api = lab.plane.vip_api();
+    let answer = lab.wait("an HTTPS answer through the VIP", || {
+        prober.get(vip_api, "/version").ok()
+    });
+    assert_eq!(answer.status, 200);
+    assert!(fingerprints.contains(&Some(answer.fingerprint)));
+    let status = lab.plane.status(holder).unwrap();
+    assert_eq!(
+        status["ipvs"]["services"][0]["address"],
+        lab.service(),
+        "{status}"
+    );
+
+    lab.say("SIGTERM of the holder: the IPv6 service moves with the VIP");
+    let exit = lab
+        .plane
+        .stop_agent(holder, Duration::from_secs(60))
+        .unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", lab.logs());
+    let new_holder = lab.settled(&all);
+    assert_ne!(new_holder, holder);
+    assert!(!lab.has_service(holder), "{:?}", lab.ipvsadm(holder));
+    assert_eq!(lab.dummy(holder), None, "dummyvip0 deleted on stop");
+    let answer = lab.wait("an HTTPS answer through the VIP after failover", || {
+        prober.get(vip_api, "/version").ok()
+    });
+    assert_eq!(answer.status, 200);
+    lab.say("done");
 }
