@@ -139,6 +139,9 @@ pub struct K0sInstance {
     pub vips: Vec<String>,
     /// `unicast_src_ip` and `unicast_peer`, when unicast.
     pub unicast: Option<(IpAddr, Vec<IpAddr>)>,
+    /// `notify_master` and `notify_backup` (k0s renders them in IPVS mode
+    /// with one instance: its `keepalived-setstate`).
+    pub notify: Option<(String, String)>,
 }
 
 impl K0sInstance {
@@ -151,6 +154,7 @@ impl K0sInstance {
             auth_pass: auth_pass.to_string(),
             vips: vec![vip.to_string()],
             unicast: None,
+            notify: None,
         }
     }
 }
@@ -187,10 +191,106 @@ pub fn render_k0s(instances: &[K0sInstance], vrrp_version: Option<u8>) -> String
             }
             let _ = writeln!(conf, "    }}");
         }
+        if let Some((master, backup)) = &instance.notify {
+            let _ = writeln!(conf, "    notify_master {master:?}");
+            let _ = writeln!(conf, "    notify_backup {backup:?}");
+        }
         let _ = writeln!(conf, "}}\n");
     }
     conf
 }
+
+/// k0s's IPVS file names in its run directory (k0s-cplb-behaviour.md §2.1):
+/// the virtual servers as rendered, and the symlink keepalived includes (to
+/// the rendered file on MASTER, to `/dev/null` on BACKUP).
+pub const K0S_VS_GENERATED: &str = "keepalived-virtualservers-generated.conf";
+/// See [`K0S_VS_GENERATED`].
+pub const K0S_VS_CONSUMED: &str = "keepalived-virtualservers-consumed.conf";
+
+/// One `virtualServers[]` entry as k0s renders it
+/// (`KeepalivedVirtualServersConfigTemplate`, §2.3), with k0s's defaults
+/// from [`K0sVirtualServer::new`]: `rr`, `DR`, persistence 360 s.
+#[derive(Debug, Clone)]
+pub struct K0sVirtualServer {
+    /// `ipAddress`.
+    pub ip: IpAddr,
+    /// `delay_loop`, seconds as k0s prints them (`60`, `1.5`).
+    pub delay_loop: String,
+    /// `lb_algo`.
+    pub lb_algo: String,
+    /// `lb_kind`.
+    pub lb_kind: String,
+    /// `persistence_timeout`.
+    pub persistence_timeout: u32,
+}
+
+impl K0sVirtualServer {
+    /// k0s's defaults for `ip` with this `delay_loop` (k0s's default is `60`).
+    pub fn new(ip: IpAddr, delay_loop: &str) -> K0sVirtualServer {
+        K0sVirtualServer {
+            ip,
+            delay_loop: delay_loop.to_string(),
+            lb_algo: "rr".to_string(),
+            lb_kind: "DR".to_string(),
+            persistence_timeout: 360,
+        }
+    }
+}
+
+/// k0s's `keepalived-virtualservers-generated.conf`: nothing without real
+/// servers; else one `virtual_server` per entry on `port` with every real
+/// server at weight 1 and k0s's `TCP_CHECK`.
+pub fn render_k0s_virtual_servers(
+    servers: &[K0sVirtualServer],
+    port: u16,
+    real_servers: &[IpAddr],
+) -> String {
+    let mut conf = String::new();
+    if real_servers.is_empty() {
+        return conf;
+    }
+    for vs in servers {
+        let _ = writeln!(conf, "virtual_server {} {port} {{", vs.ip);
+        let _ = writeln!(conf, "    delay_loop {}", vs.delay_loop);
+        let _ = writeln!(conf, "    lb_algo {}", vs.lb_algo);
+        let _ = writeln!(conf, "    lb_kind {}", vs.lb_kind);
+        let _ = writeln!(conf, "    persistence_timeout {}", vs.persistence_timeout);
+        let _ = writeln!(conf, "    protocol TCP\n");
+        for rs in real_servers {
+            let _ = writeln!(conf, "    real_server {rs} {port} {{");
+            let _ = writeln!(conf, "        weight 1");
+            let _ = writeln!(conf, "        TCP_CHECK {{");
+            let _ = writeln!(conf, "            warmup 0");
+            let _ = writeln!(conf, "            retry 1");
+            let _ = writeln!(conf, "            connect_timeout 3");
+            let _ = writeln!(conf, "            connect_port {port}");
+            let _ = writeln!(conf, "        }}");
+            let _ = writeln!(conf, "    }}");
+        }
+        let _ = writeln!(conf, "}}\n");
+    }
+    conf
+}
+
+/// k0s's `keepalived-setstate` as a shell script (§2.4): points the
+/// consumed symlink at the rendered virtual servers (MASTER) or `/dev/null`
+/// (BACKUP), then SIGHUPs keepalived (its pid file in the run directory).
+pub const K0S_SETSTATE_SCRIPT: &str = r#"#!/bin/sh
+# k0s keepalived-setstate -r <run-dir> -s MASTER|BACKUP, as a script
+[ "$1" = keepalived-setstate ] && shift
+while getopts r:s: opt; do
+  case $opt in r) dir=$OPTARG ;; s) state=$OPTARG ;; *) exit 2 ;; esac
+done
+[ -d "$dir" ] || { echo "run-dir $dir is invalid" >&2; exit 1; }
+case $state in
+  MASTER) target="$dir/keepalived-virtualservers-generated.conf" ;;
+  BACKUP) target=/dev/null ;;
+  *) echo "invalid state $state, expected MASTER or BACKUP" >&2; exit 1 ;;
+esac
+rm -f "$dir/keepalived-virtualservers-consumed.conf"
+ln -s "$target" "$dir/keepalived-virtualservers-consumed.conf"
+kill -HUP "$(cat "$dir/keepalived.pid")"
+"#;
 
 /// A keepalived running in a lab host, with its own config, pid files and
 /// log; the files are removed on drop (the lab kills the process).
@@ -208,6 +308,60 @@ impl Keepalived {
     /// `conf`, VRRP only, in the foreground, logging to a file (see
     /// [`Keepalived::log`]).
     pub fn start(lab: &Lab, netns: &str, conf: &str) -> Result<Keepalived, LabError> {
+        Keepalived::start_in(lab, netns, |_| Ok(conf.to_owned()), true)
+    }
+
+    /// Starts keepalived as k0s runs it in IPVS mode (VRRP and the
+    /// checkers, no `--vrrp`) with one VRRP instance: `instance` gets k0s's
+    /// `notify_master`/`notify_backup` (`keepalived-setstate`, here
+    /// [`K0S_SETSTATE_SCRIPT`]) and the configuration includes the consumed
+    /// symlink, which starts at `/dev/null` (keepalived starts as BACKUP);
+    /// `virtual_servers` is the rendered file
+    /// ([`render_k0s_virtual_servers`]).
+    pub fn start_k0s_ipvs(
+        lab: &Lab,
+        netns: &str,
+        instance: &K0sInstance,
+        virtual_servers: &str,
+    ) -> Result<Keepalived, LabError> {
+        Keepalived::start_in(
+            lab,
+            netns,
+            |dir| {
+                let setstate = dir.join("keepalived-setstate");
+                fs::write(&setstate, K0S_SETSTATE_SCRIPT)?;
+                use std::os::unix::fs::PermissionsExt as _;
+                fs::set_permissions(&setstate, fs::Permissions::from_mode(0o755))?;
+                fs::write(dir.join(K0S_VS_GENERATED), virtual_servers)?;
+                let consumed = dir.join(K0S_VS_CONSUMED);
+                let _ = fs::remove_file(&consumed);
+                std::os::unix::fs::symlink("/dev/null", &consumed)?;
+                let notify = |state: &str| {
+                    format!(
+                        "'{}' keepalived-setstate -r '{}' -s {state}",
+                        setstate.display(),
+                        dir.display()
+                    )
+                };
+                let mut instance = instance.clone();
+                instance.notify = Some((notify("MASTER"), notify("BACKUP")));
+                Ok(format!(
+                    "{}include {K0S_VS_CONSUMED}\n",
+                    render_k0s(&[instance], None)
+                ))
+            },
+            false,
+        )
+    }
+
+    /// Prepares the directory (`prepare` writes what it needs and returns
+    /// the configuration) and starts keepalived, VRRP only or not.
+    fn start_in(
+        lab: &Lab,
+        netns: &str,
+        prepare: impl FnOnce(&Path) -> std::io::Result<String>,
+        vrrp_only: bool,
+    ) -> Result<Keepalived, LabError> {
         let binary = binary()?.clone();
         let dir = std::env::temp_dir().join(format!("{netns}-keepalived"));
         let io = |source| LabError::Spawn {
@@ -215,29 +369,28 @@ impl Keepalived {
             source,
         };
         fs::create_dir_all(&dir).map_err(io)?;
+        let conf = prepare(&dir).map_err(io)?;
         fs::write(dir.join("keepalived.conf"), conf).map_err(io)?;
         let log = File::create(dir.join("keepalived.log")).map_err(io)?;
         let log_err = log.try_clone().map_err(io)?;
         let mut cmd = lab.command_in(netns, &binary.path);
-        cmd.args([
-            "--dont-fork",
-            "--vrrp",
-            "--log-console",
-            "--log-detail",
-            "--no-syslog",
-        ])
-        .arg("--use-file")
-        .arg(dir.join("keepalived.conf"))
-        // Own pid files: several keepalived run on one machine, and a
-        // system one (pid file /run/keepalived.pid) may run beside them.
-        .arg("--pid")
-        .arg(dir.join("keepalived.pid"))
-        .arg("--vrrp_pid")
-        .arg(dir.join("vrrp.pid"))
-        .arg("--checkers_pid")
-        .arg(dir.join("checkers.pid"))
-        .stdout(log)
-        .stderr(log_err);
+        cmd.args(["--dont-fork"]);
+        if vrrp_only {
+            cmd.arg("--vrrp");
+        }
+        cmd.args(["--log-console", "--log-detail", "--no-syslog"])
+            .arg("--use-file")
+            .arg(dir.join("keepalived.conf"))
+            // Own pid files: several keepalived run on one machine, and a
+            // system one (pid file /run/keepalived.pid) may run beside them.
+            .arg("--pid")
+            .arg(dir.join("keepalived.pid"))
+            .arg("--vrrp_pid")
+            .arg(dir.join("vrrp.pid"))
+            .arg("--checkers_pid")
+            .arg(dir.join("checkers.pid"))
+            .stdout(log)
+            .stderr(log_err);
         let child = lab.spawn(cmd)?;
         Ok(Keepalived { child, binary, dir })
     }

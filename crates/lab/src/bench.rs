@@ -247,13 +247,29 @@ fn measure(
         }
     }
     let holder = steady(lab, stack)?;
+    let fixed = fault == Fault::BackendLoss;
+    probe_fault(lab, holder, phase, fixed, |lab| {
+        inject(lab, stack, fault, holder)
+    })
+}
+
+/// Probes the VIP from the client every [`PERIOD`], deals the fault
+/// (`inject`) [`BEFORE`] + `phase` in, and returns what the client saw:
+/// until the window closes (a fixed [`BACKEND_WINDOW`] if `fixed`). The
+/// lab must be steady with `holder` holding the VIP.
+pub fn probe_fault(
+    lab: &mut ControlPlane,
+    holder: usize,
+    phase: Duration,
+    fixed: bool,
+    inject: impl FnOnce(&mut ControlPlane) -> Result<(), Error>,
+) -> Result<Sample, Error> {
     let api = lab.vip_api();
     let prober = lab
         .client_prober(CONNECT_TIMEOUT)?
         .with_io_timeout(IO_TIMEOUT);
     let fault_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let abort = Arc::new(AtomicBool::new(false));
-    let fixed = fault == Fault::BackendLoss;
     let sampler = {
         let fault_at = fault_at.clone();
         let abort = abort.clone();
@@ -269,7 +285,7 @@ fn measure(
     if let Ok(mut slot) = fault_at.lock() {
         *slot = Some(at);
     }
-    let injected = inject(lab, stack, fault, holder);
+    let injected = inject(lab);
     if injected.is_err() {
         abort.store(true, Ordering::SeqCst);
     }
@@ -323,23 +339,26 @@ fn steady(lab: &ControlPlane, stack: Stack) -> Result<usize, Error> {
 fn inject(lab: &mut ControlPlane, stack: Stack, fault: Fault, holder: usize) -> Result<(), Error> {
     match (fault, stack) {
         (Fault::LinkDown, _) => lab.set_link(holder, false),
-        (Fault::Sigkill, Stack::Cplb) => {
-            let workers = lab.agent_children(holder)?;
-            let [worker] = workers.as_slice() else {
-                return Err(Error::Invalid(format!(
-                    "expected one worker under the supervisor, found {workers:?}"
-                )));
-            };
-            let pid =
-                i32::try_from(*worker).map_err(|_| Error::Invalid(format!("pid {worker}")))?;
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)
-                .map_err(|e| Error::Invalid(format!("kill -KILL {pid}: {e}")))
-        }
+        (Fault::Sigkill, Stack::Cplb) => kill_worker(lab, holder),
         (Fault::Sigkill, Stack::Keepalived) => lab.signal_legacy(holder, Signal::SIGKILL),
         (Fault::Sigterm, Stack::Cplb) => lab.signal_agent(holder, Signal::SIGTERM),
         (Fault::Sigterm, Stack::Keepalived) => lab.stop_legacy(holder, Duration::from_secs(10)),
         (Fault::BackendLoss, _) => lab.stop_apiserver(holder),
     }
+}
+
+/// SIGKILLs the worker of controller `i`'s supervised agent (`cplb run
+/// --supervise`).
+pub fn kill_worker(lab: &ControlPlane, i: usize) -> Result<(), Error> {
+    let workers = lab.agent_children(i)?;
+    let [worker] = workers.as_slice() else {
+        return Err(Error::Invalid(format!(
+            "expected one worker under the supervisor, found {workers:?}"
+        )));
+    };
+    let pid = i32::try_from(*worker).map_err(|_| Error::Invalid(format!("pid {worker}")))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)
+        .map_err(|e| Error::Invalid(format!("kill -KILL {pid}: {e}")))
 }
 
 /// Probes every [`PERIOD`] from the calling thread (already in the client's

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use cplb_e2e::keepalived::{K0sInstance, Keepalived, render_k0s};
+use cplb_e2e::keepalived::{
+    K0sInstance, K0sVirtualServer, Keepalived, render_k0s, render_k0s_virtual_servers,
+};
 use cplb_e2e::{ChildId, Lab, LabError, list_netns, wait_for};
 use cplb_testapi::{ApiServer, Cluster, ServerOptions};
 use nix::sys::signal::Signal;
@@ -37,6 +39,8 @@ pub const PROXY_PORT: u16 = 6444;
 pub const ADMIN_ADDRESS: &str = "127.0.0.1:9440";
 /// The namespace prefix of the demo lab (tests use unique ones).
 pub const DEMO_PREFIX: &str = "cplb-demo-";
+/// k0s's dummy link holding the VIPs in IPVS mode.
+pub const DUMMY_VIP_LINK: &str = "dummyvip0";
 /// k0s's keepalived `auth_pass` in this lab.
 pub const AUTH_PASS: &str = "lab";
 
@@ -166,7 +170,8 @@ pub struct Controller {
 #[derive(Debug)]
 struct LegacyController {
     keepalived: Keepalived,
-    haproxy: ChildId,
+    /// `None` in IPVS mode (no proxy, no REDIRECT rule; `dummyvip0`).
+    haproxy: Option<ChildId>,
 }
 
 /// Three controllers and a client; everything goes on drop.
@@ -704,9 +709,83 @@ impl ControlPlane {
         let keepalived = Keepalived::start(&self.lab, &c.netns, &conf)?;
         self.legacy[i] = Some(LegacyController {
             keepalived,
-            haproxy,
+            haproxy: Some(haproxy),
         });
         Ok(())
+    }
+
+    /// Turns controller `i` into a k0s controller in IPVS mode
+    /// (`virtualServers: [{ipAddress: VIP, delayLoop}]`, unicast VRRP to
+    /// the other controllers, as [`ipvs_agent_config`]): `dummyvip0` with
+    /// the VIP as /32 or /128 (k0s's `ensureDummyInterface`, no sysctls),
+    /// then keepalived with the VRRP instance, the notify commands and the
+    /// MASTER-only include, and the virtual servers listing the three
+    /// apiservers (what k0s's reconciler renders when all are healthy).
+    /// `delay_loop` in seconds as k0s prints it (`60`, `1`).
+    pub fn start_legacy_ipvs(&mut self, i: usize, delay_loop: &str) -> Result<(), Error> {
+        let c = self.controller(i)?.clone();
+        let host = match self.vip {
+            IpAddr::V4(ip) => format!("{ip}/32"),
+            IpAddr::V6(ip) => format!("{ip}/128"),
+        };
+        self.lab
+            .ip(&c.netns, ["link", "add", DUMMY_VIP_LINK, "type", "dummy"])?;
+        self.lab
+            .ip(&c.netns, ["addr", "add", &host, "dev", DUMMY_VIP_LINK])?;
+        let mut instance = K0sInstance::new(self.family.vip_cidr(), AUTH_PASS);
+        instance.unicast = Some((c.ip, self.peers(i)));
+        let ips: Vec<IpAddr> = self.controllers.iter().map(|c| c.ip).collect();
+        let vs = render_k0s_virtual_servers(
+            &[K0sVirtualServer::new(self.vip, delay_loop)],
+            API_PORT,
+            &ips,
+        );
+        let keepalived = Keepalived::start_k0s_ipvs(&self.lab, &c.netns, &instance, &vs)?;
+        self.legacy[i] = Some(LegacyController {
+            keepalived,
+            haproxy: None,
+        });
+        Ok(())
+    }
+
+    /// Everything controller `i`'s keepalived logged (empty if none runs).
+    pub fn legacy_log(&self, i: usize) -> String {
+        self.legacy
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(|l| l.keepalived.log())
+            .unwrap_or_default()
+    }
+
+    /// Whether controller `i` runs keepalived (k0s before the upgrade).
+    pub fn legacy_running(&self, i: usize) -> bool {
+        self.legacy.get(i).is_some_and(Option::is_some)
+    }
+
+    /// The other controllers' addresses (unicast peers of `i`).
+    fn peers(&self, i: usize) -> Vec<IpAddr> {
+        self.controllers
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .map(|(_, o)| o.ip)
+            .collect()
+    }
+
+    /// Writes controller `i`'s configuration: [`ipvs_agent_config`].
+    pub fn write_ipvs_config(&self, i: usize, delay_loop: &str) -> Result<(), Error> {
+        let c = self.controller(i)?;
+        write(
+            &c.config,
+            &ipvs_agent_config(c, &self.peers(i), self.family, delay_loop),
+        )
+    }
+
+    /// Writes controller `i`'s configuration back to the proxy mode's
+    /// ([`agent_config`]).
+    pub fn write_proxy_config(&self, i: usize) -> Result<(), Error> {
+        let c = self.controller(i)?;
+        write(&c.config, &agent_config(c, self.family))
     }
 
     /// Sends `signal` to controller `i`'s keepalived only (its haproxy and
@@ -760,9 +839,17 @@ impl ControlPlane {
             .ok_or_else(|| Error::Invalid(format!("controller {i} runs no keepalived")))?;
         self.lab.signal(legacy.keepalived.child, Signal::SIGTERM)?;
         self.lab.wait_child(legacy.keepalived.child, timeout)?;
-        self.lab.kill(legacy.haproxy)?;
         let c = self.controller(i)?;
-        self.k0s_redirect(&c.netns, "-D")?;
+        match legacy.haproxy {
+            Some(haproxy) => {
+                self.lab.kill(haproxy)?;
+                self.k0s_redirect(&c.netns, "-D")?;
+            }
+            // k0s's Stop in IPVS mode deletes `dummyvip0`.
+            None => {
+                self.lab.ip(&c.netns, ["link", "del", DUMMY_VIP_LINK])?;
+            }
+        }
         Ok(())
     }
 
@@ -829,6 +916,30 @@ pub fn agent_config(c: &Controller, family: Family) -> String {
         name = c.name,
         ip = c.ip,
         vip = family.vip_cidr(),
+        ifname = cplb_e2e::HOST_IFNAME,
+        kubeconfig = c.kubeconfig.display(),
+    )
+}
+
+/// k0s's IPVS-mode configuration of controller `c` (k0s's `cplb-ipvs`
+/// integration test's setup): unicast VRRP to `peers` and
+/// `virtualServers[0]` = the VIP with `delayLoop` (a Go duration, `2s`).
+pub fn ipvs_agent_config(
+    c: &Controller,
+    peers: &[IpAddr],
+    family: Family,
+    delay_loop: &str,
+) -> String {
+    let vip = family.vip_cidr();
+    let peers: Vec<String> = peers.iter().map(IpAddr::to_string).collect();
+    format!(
+        "# cplb lab: controller {name} ({ip}), IPVS mode\n\
+         spec:\n  api:\n    port: {API_PORT}\n  network:\n    controlPlaneLoadBalancing:\n      enabled: true\n      type: Keepalived\n      keepalived:\n        vrrpInstances:\n          - virtualIPs: [\"{vip}\"]\n            authPass: {AUTH_PASS}\n            interface: {ifname}\n            unicastSourceIP: {ip}\n            unicastPeers: [{peers}]\n        virtualServers:\n          - ipAddress: {vip_ip}\n            delayLoop: {delay_loop}\n\
+         cplb:\n  kubeconfig: {kubeconfig}\n  adminAddress: {ADMIN_ADDRESS}\n",
+        name = c.name,
+        ip = c.ip,
+        peers = peers.join(", "),
+        vip_ip = vip.split('/').next().unwrap_or(vip),
         ifname = cplb_e2e::HOST_IFNAME,
         kubeconfig = c.kubeconfig.display(),
     )
