@@ -353,6 +353,10 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, acceptor: TlsAcceptor
 }
 
 async fn serve_connection(ctx: Arc<Ctx>, acceptor: TlsAcceptor, tcp: TcpStream) {
+    // As kube-apiserver (Go sets TCP_NODELAY on every connection): without
+    // it a response written in two TLS records waits for the client's
+    // delayed ACK, ~40 ms.
+    let _ = tcp.set_nodelay(true);
     if ctx.faults.blackhole.load(Ordering::SeqCst) {
         // Hold the socket open without ever answering the handshake.
         ctx.cancel.cancelled().await;
