@@ -109,6 +109,10 @@ pub struct Usage {
     pub rss_kib: u64,
     /// Proportional set at the end, KiB.
     pub pss_kib: u64,
+    /// Anonymous (private: heap, stacks) memory at the end, KiB; the rest
+    /// of the RSS is file pages (the binary, libraries) that processes
+    /// mapping the same files share.
+    pub anon_kib: u64,
 }
 
 impl std::ops::Add for Usage {
@@ -118,6 +122,7 @@ impl std::ops::Add for Usage {
             cpu_ms: self.cpu_ms + other.cpu_ms,
             rss_kib: self.rss_kib + other.rss_kib,
             pss_kib: self.pss_kib + other.pss_kib,
+            anon_kib: self.anon_kib + other.anon_kib,
         }
     }
 }
@@ -277,11 +282,12 @@ fn measure(
     let mut out: Vec<(Role, Parts)> = nodes.iter().map(|(role, _)| (*role, Vec::new())).collect();
     for ((role, part, pids), before) in groups.iter().zip(before) {
         let after = cpu_ticks(pids)?;
-        let (rss_kib, pss_kib) = memory(pids)?;
+        let (rss_kib, pss_kib, anon_kib) = memory(pids)?;
         let usage = Usage {
             cpu_ms: after.saturating_sub(before) as f64 * 1000.0 / USER_HZ as f64,
             rss_kib,
             pss_kib,
+            anon_kib,
         };
         if let Some((_, parts)) = out.iter_mut().find(|(r, _)| r == role) {
             parts.push((part, usage));
@@ -315,9 +321,9 @@ fn cpu_ticks(pids: &[u32]) -> Result<u64, Error> {
     Ok(sum)
 }
 
-/// Summed `Rss:` and `Pss:` of every pid, KiB.
-fn memory(pids: &[u32]) -> Result<(u64, u64), Error> {
-    let (mut rss, mut pss) = (0, 0);
+/// Summed `Rss:`, `Pss:` and `Anonymous:` of every pid, KiB.
+fn memory(pids: &[u32]) -> Result<(u64, u64, u64), Error> {
+    let (mut rss, mut pss, mut anon) = (0, 0, 0);
     for pid in pids {
         let path = format!("/proc/{pid}/smaps_rollup");
         let text = read(&path)?;
@@ -330,8 +336,9 @@ fn memory(pids: &[u32]) -> Result<(u64, u64), Error> {
         };
         rss += field("Rss:")?;
         pss += field("Pss:")?;
+        anon += field("Anonymous:")?;
     }
-    Ok((rss, pss))
+    Ok((rss, pss, anon))
 }
 
 fn read(path: &str) -> Result<String, Error> {
@@ -363,13 +370,15 @@ impl Report {
             .unwrap_or_default()
     }
 
-    fn medians(&self, subject: Subject, role: Role, part: Option<&str>) -> (f64, f64, f64) {
+    /// Medians of CPU ms, RSS, PSS and anonymous MiB.
+    fn medians(&self, subject: Subject, role: Role, part: Option<&str>) -> [f64; 4] {
         let column = self.column(subject, role, part);
-        (
+        [
             median(&column.iter().map(|u| u.cpu_ms).collect::<Vec<_>>()),
             median(&column.iter().map(|u| mib(u.rss_kib)).collect::<Vec<_>>()),
             median(&column.iter().map(|u| mib(u.pss_kib)).collect::<Vec<_>>()),
-        )
+            median(&column.iter().map(|u| mib(u.anon_kib)).collect::<Vec<_>>()),
+        ]
     }
 
     fn parts(&self, subject: Subject) -> Vec<&'static str> {
@@ -392,23 +401,23 @@ impl Report {
         let mut out = format!(
             "Idle three-controller lab, health checks on; CPU = utime + stime over {window:.0} s, \
              RSS/PSS at the end; median of {} repetitions, fresh lab each.\n\n\
-             | node | stack / process | CPU (ms per {window:.0} s) | CPU (%) | RSS (MiB) | PSS (MiB) |\n|---|---|---|---|---|---|\n",
+             | node | stack / process | CPU (ms per {window:.0} s) | CPU (%) | RSS (MiB) | PSS (MiB) | anonymous (MiB) |\n|---|---|---|---|---|---|---|\n",
             self.reps
         );
         for role in [Role::Holder, Role::Backup] {
             for &subject in &self.subjects {
                 let parts = self.parts(subject);
                 for part in &parts {
-                    let (cpu, rss, pss) = self.medians(subject, role, Some(part));
+                    let [cpu, rss, pss, anon] = self.medians(subject, role, Some(part));
                     out.push_str(&format!(
-                        "| {} | {part} | {cpu:.0} | {:.3} | {rss:.1} | {pss:.1} |\n",
+                        "| {} | {part} | {cpu:.0} | {:.3} | {rss:.1} | {pss:.1} | {anon:.1} |\n",
                         role.name(),
                         cpu / 10.0 / window
                     ));
                 }
-                let (cpu, rss, pss) = self.medians(subject, role, None);
+                let [cpu, rss, pss, anon] = self.medians(subject, role, None);
                 out.push_str(&format!(
-                    "| {} | **{}** | **{cpu:.0}** | **{:.3}** | **{rss:.1}** | **{pss:.1}** |\n",
+                    "| {} | **{}** | **{cpu:.0}** | **{:.3}** | **{rss:.1}** | **{pss:.1}** | **{anon:.1}** |\n",
                     role.name(),
                     subject.describe(),
                     cpu / 10.0 / window
@@ -418,33 +427,40 @@ impl Report {
         let cplbs = [Subject::Cplb, Subject::CplbBaseline];
         if self.subjects.iter().any(|s| cplbs.contains(s)) {
             out.push_str(
-                "\n| node | stack | rival | CPU stack / rival | RSS stack / rival | PSS stack / rival |\n|---|---|---|---|---|---|\n",
+                "\n| node | stack | rival | CPU stack / rival | RSS stack / rival | PSS stack / rival | anonymous stack / rival |\n|---|---|---|---|---|---|---|\n",
             );
             for role in [Role::Holder, Role::Backup] {
                 for &ours in self.subjects.iter().filter(|s| cplbs.contains(s)) {
-                    let (c_cpu, c_rss, c_pss) = self.medians(ours, role, None);
+                    let ours_m = self.medians(ours, role, None);
                     for &rival in self.subjects.iter().filter(|s| !cplbs.contains(s)) {
-                        let (r_cpu, r_rss, r_pss) = self.medians(rival, role, None);
+                        let theirs = self.medians(rival, role, None);
+                        let r: Vec<String> = ours_m
+                            .iter()
+                            .zip(theirs)
+                            .map(|(o, t)| format!("{:.2}", o / t))
+                            .collect();
                         out.push_str(&format!(
-                            "| {} | {} | {} | {:.2} | {:.2} | {:.2} |\n",
+                            "| {} | {} | {} | {} |\n",
                             role.name(),
                             ours.name(),
                             rival.describe(),
-                            c_cpu / r_cpu,
-                            c_rss / r_rss,
-                            c_pss / r_pss
+                            r.join(" | ")
                         ));
                     }
                 }
             }
         }
-        out.push_str("\nRaw samples per repetition (CPU ms / RSS KiB / PSS KiB):\n\n");
+        out.push_str(
+            "\nRaw samples per repetition (CPU ms / RSS KiB / PSS KiB / anonymous KiB):\n\n",
+        );
         for ((subject, role), reps) in &self.samples {
             for (name, _) in reps.first().into_iter().flatten() {
                 let text: Vec<String> = reps
                     .iter()
                     .filter_map(|parts| parts.iter().find(|(n, _)| n == name))
-                    .map(|(_, u)| format!("{:.0}/{}/{}", u.cpu_ms, u.rss_kib, u.pss_kib))
+                    .map(|(_, u)| {
+                        format!("{:.0}/{}/{}/{}", u.cpu_ms, u.rss_kib, u.pss_kib, u.anon_kib)
+                    })
                     .collect();
                 out.push_str(&format!(
                     "- {} {} {name}: {}\n",
@@ -473,8 +489,9 @@ mod tests {
         }
         assert!(x != 1);
         assert!(cpu_ticks(&[me]).unwrap() > 0);
-        let (rss, pss) = memory(&[me]).unwrap();
+        let (rss, pss, anon) = memory(&[me]).unwrap();
         assert!(rss > 0 && pss > 0 && pss <= rss, "{rss} {pss}");
+        assert!(anon > 0 && anon <= rss, "{anon} {rss}");
     }
 
     #[test]
