@@ -2,7 +2,7 @@
 # Reconcile-path latency: cplb's reconciler against HAProxy's health checks,
 # on three test apiservers on 127.0.0.1/.2/.3 (no root, no namespaces).
 #
-#   bench/reconcile/run.sh                      # 50 events of each kind, ~20 min
+#   bench/reconcile/run.sh                      # 50 events of each kind, ~12 min
 #   bench/reconcile/run.sh --events 10 --kinds readyz-500,slice
 #   bench/reconcile/run.sh --no-haproxy         # the reconciler alone
 #
@@ -27,5 +27,5 @@ export CARGO_INCREMENTAL=0
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --quiet --manifest-path bench/reconcile/Cargo.toml
 
-# Bounded: 50 events of each kind take about 20 minutes; give up after 60.
+# Bounded: 50 events of each kind take about 12 minutes; give up after 60.
 timeout 3600 "$CARGO_TARGET_DIR/release/reconcile-bench" "$@"
