@@ -305,7 +305,7 @@ pub fn probe_fault(
 /// exactly one holder, the REDIRECT rule on every controller, the proxy
 /// balancing over all three apiservers, and (cplb) every agent at its base
 /// priority, past the start-up hold-down.
-fn steady(lab: &ControlPlane, stack: Stack) -> Result<usize, Error> {
+pub(crate) fn steady(lab: &ControlPlane, stack: Stack) -> Result<usize, Error> {
     let holder = lab.wait_for_holder(Duration::from_secs(30), |_| true)?;
     cplb_e2e::wait_until(
         "the REDIRECT rule on every controller",

@@ -26,6 +26,7 @@ use nix::sys::signal::Signal;
 pub mod bench;
 pub mod clean;
 pub mod demo;
+pub mod footprint;
 pub mod probe;
 pub mod soak;
 
@@ -163,6 +164,17 @@ pub struct Controller {
     pub kubeconfig: PathBuf,
     /// Where its agent's output goes.
     pub log: PathBuf,
+}
+
+/// The health checks of the legacy stack's HAProxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegacyChecks {
+    /// TCP connect checks (`check inter 1s fall 1 rise 2`).
+    Tcp,
+    /// What cplb's reconciler does: HTTPS `GET /readyz` with the client
+    /// certificate (`option httpchk`, `check-ssl verify none crt …`), 800 ms
+    /// timeout, same interval and thresholds.
+    Https,
 }
 
 /// A controller running k0s's keepalived plus REDIRECT rule and a proxy
@@ -354,6 +366,12 @@ impl ControlPlane {
         &self.cplb
     }
 
+    /// Runs agents started from now on from `path` instead (an older build,
+    /// for a before/after comparison in one run).
+    pub fn set_cplb_binary(&mut self, path: PathBuf) {
+        self.cplb = path;
+    }
+
     /// The kubeconfig whose server is `https://VIP:6443`.
     pub fn client_kubeconfig(&self) -> &Path {
         &self.client_kubeconfig
@@ -486,21 +504,21 @@ impl ControlPlane {
     /// The children of controller `i`'s agent process: with `--supervise`,
     /// the worker (read from `/proc/<pid>/task/*/children`).
     pub fn agent_children(&self, i: usize) -> Result<Vec<u32>, Error> {
-        let pid = self.agent_pid(i)?;
-        let tasks = PathBuf::from(format!("/proc/{pid}/task"));
-        let entries = fs::read_dir(&tasks).map_err(|source| Error::File {
-            path: tasks.clone(),
-            source,
-        })?;
-        let mut children = Vec::new();
-        for entry in entries.flatten() {
-            let text = fs::read_to_string(entry.path().join("children")).unwrap_or_default();
-            children.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok()),
-            );
-        }
-        Ok(children)
+        children(self.agent_pid(i)?)
+    }
+
+    /// The pids of controller `i`'s keepalived (the parent; its VRRP child
+    /// is among [`children`]) and haproxy.
+    pub fn legacy_pids(&self, i: usize) -> Result<(u32, u32), Error> {
+        let legacy = self
+            .legacy
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Error::Invalid(format!("controller {i} runs no keepalived")))?;
+        Ok((
+            self.lab.child_pid(legacy.keepalived.child)?,
+            self.lab.child_pid(legacy.haproxy)?,
+        ))
     }
 
     /// What controller `i`'s keepalived complained about in its peers'
@@ -678,13 +696,34 @@ impl ControlPlane {
     /// keepalived configured as k0s renders it, k0s's REDIRECT rule, and
     /// haproxy on :6444 standing in for k0s's userspace proxy.
     pub fn start_legacy(&mut self, i: usize) -> Result<(), Error> {
+        self.start_legacy_with(i, LegacyChecks::Tcp)
+    }
+
+    /// [`ControlPlane::start_legacy`] with HAProxy's health checks chosen.
+    pub fn start_legacy_with(&mut self, i: usize, checks: LegacyChecks) -> Result<(), Error> {
         cplb_e2e::require_tool("haproxy", "haproxy")?;
         let c = self.controller(i)?.clone();
         self.k0s_redirect(&c.netns, "-A")?;
+        let (check, httpchk) = match checks {
+            LegacyChecks::Tcp => (String::new(), ""),
+            LegacyChecks::Https => {
+                // HAProxy's client identity: certificate and key in one file.
+                let pem = self.dir.join("haproxy-client.pem");
+                let pki = self.cluster.pki();
+                write(
+                    &pem,
+                    &format!("{}{}", pki.client_cert_pem(), pki.client_key_pem()),
+                )?;
+                (
+                    format!(" check-ssl verify none crt {}", pem.display()),
+                    "    option httpchk GET /readyz\n    timeout check 800ms\n",
+                )
+            }
+        };
         let mut servers = String::new();
         for other in &self.controllers {
             servers.push_str(&format!(
-                "    server {} {}:{API_PORT} check inter 1s fall 1 rise 2\n",
+                "    server {} {}:{API_PORT} check{check} inter 1s fall 1 rise 2\n",
                 other.name,
                 bracket(other.ip)
             ));
@@ -693,7 +732,7 @@ impl ControlPlane {
         write(
             &haproxy_cfg,
             &format!(
-                "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 60s\n    timeout server 60s\n    retries 2\n    option redispatch\n\nfrontend apiserver\n    bind :::{PROXY_PORT} v4v6\n    default_backend apiservers\n\nbackend apiservers\n    balance roundrobin\n{servers}"
+                "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 60s\n    timeout server 60s\n    retries 2\n    option redispatch\n\nfrontend apiserver\n    bind :::{PROXY_PORT} v4v6\n    default_backend apiservers\n\nbackend apiservers\n    balance roundrobin\n{httpchk}{servers}"
             ),
         )?;
         let log = self.dir.join(format!("{}-haproxy.log", c.name));
@@ -884,6 +923,24 @@ impl Drop for ControlPlane {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The children of process `pid`, from `/proc/<pid>/task/*/children`.
+pub fn children(pid: u32) -> Result<Vec<u32>, Error> {
+    let tasks = PathBuf::from(format!("/proc/{pid}/task"));
+    let entries = fs::read_dir(&tasks).map_err(|source| Error::File {
+        path: tasks.clone(),
+        source,
+    })?;
+    let mut children = Vec::new();
+    for entry in entries.flatten() {
+        let text = fs::read_to_string(entry.path().join("children")).unwrap_or_default();
+        children.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    Ok(children)
 }
 
 fn bracket(ip: IpAddr) -> String {

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use cplb_lab::bench::{self, BENCH_PREFIX, BenchOptions, Fault};
 use cplb_lab::demo::{self, DemoOptions};
+use cplb_lab::footprint::{self, FootprintOptions, Subject};
 use cplb_lab::soak::{self, SOAK_PREFIX, SoakFault, SoakOptions};
 use cplb_lab::{DEMO_PREFIX, Family, clean};
 
@@ -47,6 +48,25 @@ enum Command {
         /// Print every sample as JSON after the table.
         #[arg(long)]
         json: bool,
+    },
+    /// Idle footprint of the whole agent against keepalived + HAProxy: RSS,
+    /// PSS and CPU over a window of the VIP holder's and a backup's
+    /// processes, in the idle lab with health checks on.
+    Footprint {
+        /// Repetitions per stack (a fresh lab each).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// The measuring window, seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Comma-separated stacks: cplb, cplb-baseline (needs
+        /// --baseline), k0s-https (HAProxy checks `/readyz` over TLS, as
+        /// cplb does), k0s-tcp (TCP checks).
+        #[arg(long, default_value = "cplb,k0s-https,k0s-tcp")]
+        stacks: String,
+        /// The `cplb` binary of the cplb-baseline stack (an older build).
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
     },
     /// The soak: the lab with `cplb run --supervise` on every controller, a
     /// random fault every interval and HTTPS probes through the VIP all
@@ -120,6 +140,33 @@ fn run() -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.json())?);
             }
+            Ok(())
+        }
+        Command::Footprint {
+            reps,
+            seconds,
+            stacks,
+            baseline,
+        } => {
+            anyhow::ensure!(reps >= 1, "--reps must be at least 1");
+            anyhow::ensure!(seconds >= 1, "--seconds must be at least 1");
+            let subjects = Subject::parse_list(&stacks)?;
+            anyhow::ensure!(!subjects.is_empty(), "--stacks is empty");
+            let stale = cplb_e2e::list_netns(BENCH_PREFIX)?;
+            anyhow::ensure!(
+                stale.is_empty(),
+                "network namespaces of an earlier benchmark still exist ({}); remove them with `cplb-lab clean`",
+                stale.join(", ")
+            );
+            on_interrupt_clean_up(BENCH_PREFIX)?;
+            let report = footprint::run(&FootprintOptions {
+                reps,
+                window: Duration::from_secs(seconds),
+                subjects,
+                baseline,
+            })
+            .context("footprint benchmark failed")?;
+            println!("{}", report.markdown());
             Ok(())
         }
         Command::Soak {

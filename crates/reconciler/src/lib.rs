@@ -696,6 +696,8 @@ impl Reconciler {
             async move {
                 let mut ticker = tokio::time::interval(interval);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // One kept-alive connection for this backend's checks.
+                let mut session = probe.session(ip);
                 loop {
                     tokio::select! {
                         biased;
@@ -706,7 +708,7 @@ impl Reconciler {
                     let result = tokio::select! {
                         biased;
                         () = cancel.cancelled() => break,
-                        result = probe.probe(ip) => result,
+                        result = session.probe() => result,
                     };
                     let latency = started.elapsed();
                     if let Err(error) = &result {

@@ -366,6 +366,87 @@ async fn blackholed_backend_leaves_and_recovers() {
     r.shutdown().await;
 }
 
+impl Running {
+    /// Waits until `address` has been checked `n` more times than now and
+    /// returns its status then.
+    async fn wait_for_probes(&self, address: &str, n: u64) -> cplb_reconciler::BackendStatus {
+        let mut rx = self.reconciler.subscribe_health();
+        let start = rx.borrow().get(&ip(address)).map_or(0, |s| s.probes);
+        let snapshot = timeout(
+            SLOW_BOUND,
+            rx.wait_for(|h| h.get(&ip(address)).is_some_and(|s| s.probes >= start + n)),
+        )
+        .await
+        .expect("checks keep coming")
+        .unwrap()
+        .clone();
+        snapshot[&ip(address)].clone()
+    }
+}
+
+/// An idle agent pays one TLS handshake per backend, not one per check:
+/// the checks of a healthy backend share one kept-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_of_a_healthy_backend_reuse_one_connection() {
+    let lab = Lab::three().await;
+    let all = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    lab.set(&all);
+    let mut r = Running::start(ReconcilerConfig {
+        interval: Duration::from_millis(300),
+        timeout: Duration::from_millis(250),
+        ..lab.config(Source::Auto)
+    })
+    .await;
+    r.wait_for(&lab.backends(&all), SLOW_BOUND, "initial list")
+        .await;
+    let status = r.wait_for_probes("127.0.0.2", 10).await;
+    let counters = lab.server("127.0.0.2").counters();
+    let checks = Counters::get(&counters.health_checks);
+    let connections = Counters::get(&counters.connections);
+    assert_eq!(status.health, Health::Healthy, "{status:?}");
+    // Only the checks connect to .2 (the watch uses .1); a check that
+    // timed out on a loaded machine may have dialled once more.
+    assert!(
+        connections * 3 <= checks,
+        "{connections} connections for {checks} checks"
+    );
+    r.shutdown().await;
+}
+
+/// A kept connection that the server closed since the last check (an
+/// apiserver's idle timeout or restart) is no failed check: the check
+/// dials again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closed_is_no_failed_check() {
+    let lab = Lab::three().await;
+    let all = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    lab.set(&all);
+    let mut r = Running::start(ReconcilerConfig {
+        interval: Duration::from_millis(300),
+        timeout: Duration::from_millis(250),
+        ..lab.config(Source::Auto)
+    })
+    .await;
+    r.wait_for(&lab.backends(&all), SLOW_BOUND, "initial list")
+        .await;
+    let healthy = r.wait_for_probes("127.0.0.2", 1).await;
+    let server = lab.server("127.0.0.2");
+    server.faults().set_close_connections(true);
+    let before = Counters::get(&server.counters().connections);
+    let status = r.wait_for_probes("127.0.0.2", 6).await;
+    let dialled = Counters::get(&server.counters().connections) - before;
+    assert!(
+        dialled >= 4,
+        "the server closed connections: {dialled} dials"
+    );
+    // No failed check meanwhile: with fall 1 one would have flipped it.
+    assert_eq!(status.health, Health::Healthy, "{status:?}");
+    assert_eq!(status.last_change, healthy.last_change, "{status:?}");
+    assert_eq!(status.consecutive_failures, 0, "{status:?}");
+    assert_eq!(*r.rx.borrow(), lab.backends(&all));
+    r.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_watch_and_gone_relist_keep_the_set() {
     // No bookmarks, so that the watcher's version stays behind the compaction.

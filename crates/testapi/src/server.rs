@@ -136,6 +136,7 @@ pub struct Faults {
     fail_readiness: AtomicBool,
     hang: AtomicBool,
     blackhole: AtomicBool,
+    close_connections: AtomicBool,
     delay_ms: AtomicU64,
     error: Mutex<Option<ErrorFault>>,
     drop_watches: watch::Sender<u64>,
@@ -147,6 +148,7 @@ impl Default for Faults {
             fail_readiness: AtomicBool::new(false),
             hang: AtomicBool::new(false),
             blackhole: AtomicBool::new(false),
+            close_connections: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             error: Mutex::new(None),
             drop_watches: watch::Sender::new(0),
@@ -163,9 +165,17 @@ impl Faults {
     pub fn set_hang(&self, hang: bool) {
         self.hang.store(hang, Ordering::SeqCst);
     }
-    /// New TCP connections are accepted but never get a TLS handshake while set.
+    /// A blackhole while set: new TCP connections are accepted but never
+    /// get a TLS handshake, and requests on connections already open are
+    /// never answered (as when the host's packets are dropped).
     pub fn set_blackhole(&self, blackhole: bool) {
         self.blackhole.store(blackhole, Ordering::SeqCst);
+    }
+    /// HTTP/1 answers carry `Connection: close` while set, so the server
+    /// closes each connection after one response (as an apiserver going
+    /// away, or an idle timeout, closes kept-alive connections).
+    pub fn set_close_connections(&self, close: bool) {
+        self.close_connections.store(close, Ordering::SeqCst);
     }
     /// Every answer is delayed by this much.
     pub fn set_delay(&self, delay: Duration) {
@@ -194,6 +204,8 @@ pub struct Counters {
     pub watches: AtomicU64,
     /// `/readyz` and `/healthz` requests.
     pub health_checks: AtomicU64,
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
     /// Requests refused for lack of a client certificate.
     pub unauthorized: AtomicU64,
     /// Requests refused by [`ServerOptions::authorization`].
@@ -325,6 +337,7 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, acceptor: TlsAcceptor
         };
         match accepted {
             Ok((tcp, _)) => {
+                ctx.counters.connections.fetch_add(1, Ordering::SeqCst);
                 ctx.tracker
                     .spawn(serve_connection(ctx.clone(), acceptor.clone(), tcp));
             }
@@ -340,6 +353,10 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, acceptor: TlsAcceptor
 }
 
 async fn serve_connection(ctx: Arc<Ctx>, acceptor: TlsAcceptor, tcp: TcpStream) {
+    // As kube-apiserver (Go sets TCP_NODELAY on every connection): without
+    // it a response written in two TLS records waits for the client's
+    // delayed ACK, ~40 ms.
+    let _ = tcp.set_nodelay(true);
     if ctx.faults.blackhole.load(Ordering::SeqCst) {
         // Hold the socket open without ever answering the handshake.
         ctx.cancel.cancelled().await;
@@ -364,9 +381,19 @@ async fn serve_connection(ctx: Arc<Ctx>, acceptor: TlsAcceptor, tcp: TcpStream) 
         .peer_certificates()
         .is_some_and(|certs| !certs.is_empty());
     let service_ctx = ctx.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let ctx = service_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(ctx, authenticated, req).await) }
+        async move {
+            let http1 = req.version() < http::Version::HTTP_2;
+            let close = http1 && ctx.faults.close_connections.load(Ordering::SeqCst);
+            let mut response = handle(ctx, authenticated, req).await;
+            if close {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(TokioIo::new(tls), service);
@@ -427,7 +454,7 @@ async fn handle(ctx: Arc<Ctx>, authenticated: bool, req: Request<Incoming>) -> R
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    if ctx.faults.hang.load(Ordering::SeqCst) {
+    if ctx.faults.hang.load(Ordering::SeqCst) || ctx.faults.blackhole.load(Ordering::SeqCst) {
         ctx.cancel.cancelled().await;
         return status_response(
             StatusCode::SERVICE_UNAVAILABLE,
