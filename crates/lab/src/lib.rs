@@ -515,9 +515,14 @@ impl ControlPlane {
             .get(i)
             .and_then(Option::as_ref)
             .ok_or_else(|| Error::Invalid(format!("controller {i} runs no keepalived")))?;
+        let haproxy = legacy.haproxy.ok_or_else(|| {
+            Error::Invalid(format!(
+                "controller {i} runs keepalived in IPVS mode, no haproxy"
+            ))
+        })?;
         Ok((
             self.lab.child_pid(legacy.keepalived.child)?,
-            self.lab.child_pid(legacy.haproxy)?,
+            self.lab.child_pid(haproxy)?,
         ))
     }
 
