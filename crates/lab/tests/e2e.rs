@@ -527,15 +527,14 @@ fn a_supervised_agent_whose_worker_is_sigkilled_hands_over_and_rejoins() {
     );
 }
 
-/// What controller `i`'s proxy reports of the backend at `ip`: connections
-/// and failed connects (every reason), from `/status`.
-fn backend_counts(lab: &ControlPlane, i: usize, ip: std::net::IpAddr) -> (u64, u64) {
+/// What controller `i`'s proxy reports: connections to every backend,
+/// and connections and failed connects (every reason) of the backend at
+/// `ip`, from `/status` (refreshed every half second).
+fn backend_counts(lab: &ControlPlane, i: usize, ip: std::net::IpAddr) -> (u64, u64, u64) {
     let status = ok(lab, "status", lab.status(i));
-    let backends = status["proxy"]["backends"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    backends
+    let backends = status["proxy"]["backends"].as_array().cloned().unwrap_or_default();
+    let total = backends.iter().filter_map(|b| b["connectionsTotal"].as_u64()).sum();
+    let (to_ip, errors) = backends
         .iter()
         .find(|b| {
             b["address"]
@@ -544,11 +543,12 @@ fn backend_counts(lab: &ControlPlane, i: usize, ip: std::net::IpAddr) -> (u64, u
                 .is_some_and(|a| a.ip() == ip)
         })
         .map_or((0, 0), |b| {
-            let errors = b["connectErrors"].as_array().map_or(0, |all| {
-                all.iter().filter_map(|c| c["count"].as_u64()).sum()
-            });
+            let errors = b["connectErrors"]
+                .as_array()
+                .map_or(0, |all| all.iter().filter_map(|c| c["count"].as_u64()).sum());
             (b["connectionsTotal"].as_u64().unwrap_or(0), errors)
-        })
+        });
+    (total, to_ip, errors)
 }
 
 /// Issue 15 at 100 ms adverts: when the holder's link goes down, the new
@@ -574,10 +574,11 @@ fn after_a_link_down_takeover_the_new_master_sends_nobody_to_the_silent_masters_
         std::fs::write(&c.config, text).unwrap();
     }
     for i in 0..3 {
-        ok(&lab, "agent start", lab.start_agent(i));
+        let started = lab.start_agent(i);
+        ok(&lab, "agent start", started);
     }
     let p = prober(&lab);
-    let holder = one_holder(&lab, ELECTION, |_| true);
+    one_holder(&lab, ELECTION, |_| true);
     balanced(&lab, &p);
     // Every agent healthy at its base priority (no preemption to come) and
     // its proxy balancing over the three apiservers.
@@ -604,6 +605,10 @@ fn after_a_link_down_takeover_the_new_master_sends_nobody_to_the_silent_masters_
             },
         ),
     );
+    // The holder once every priority is final (a node that reached its
+    // base priority later may have preempted the first one).
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    stays_sole_holder(&lab, holder, Duration::from_secs(1));
     let dead = lab.controllers()[holder].ip;
     ok(&lab, "link down", lab.set_link(holder, false));
     let next = new_holder(&lab, holder);
@@ -616,25 +621,36 @@ fn after_a_link_down_takeover_the_new_master_sends_nobody_to_the_silent_masters_
             let api = lab.vip_api();
             std::thread::spawn(move || {
                 (0..3)
-                    .map(|_| p.get(api, "/version").map(|a| a.status).ok())
+                    .map(|_| p.get(api, "/version").map(|a| a.status).map_err(|e| e.to_string()))
                     .collect::<Vec<_>>()
             })
         })
         .collect();
-    let answers: Vec<Option<u16>> = clients
+    let answers: Vec<Result<u16, String>> = clients
         .into_iter()
         .flat_map(|c| c.join().unwrap())
         .collect();
-    let after = backend_counts(&lab, next, dead);
+    // Once the status shows every served request, it shows every connect
+    // tried for them too (the proxy counts a failed or overtaken attempt
+    // before the connection it lost to).
+    let served = answers.iter().filter(|a| a.is_ok()).count() as u64;
+    let after = ok(
+        &lab,
+        "status with the requests",
+        cplb_e2e::wait_for("the new Master's status to count the requests", FAILOVER, || {
+            let now = backend_counts(&lab, next, dead);
+            (now.0 >= before.0 + served).then_some(now)
+        }),
+    );
     assert_eq!(
-        after,
-        before,
+        (after.1, after.2),
+        (before.1, before.2),
         "the new Master's proxy tried the silent Master's apiserver {dead} \
          (connections, failed connects) before {before:?}, after {after:?}; answers {answers:?}{}",
         logs(&lab)
     );
     assert!(
-        answers.iter().all(|a| *a == Some(200)),
+        answers.iter().all(|a| *a == Ok(200)),
         "{answers:?}{}",
         logs(&lab)
     );
