@@ -532,8 +532,14 @@ fn a_supervised_agent_whose_worker_is_sigkilled_hands_over_and_rejoins() {
 /// `ip`, from `/status` (refreshed every half second).
 fn backend_counts(lab: &ControlPlane, i: usize, ip: std::net::IpAddr) -> (u64, u64, u64) {
     let status = ok(lab, "status", lab.status(i));
-    let backends = status["proxy"]["backends"].as_array().cloned().unwrap_or_default();
-    let total = backends.iter().filter_map(|b| b["connectionsTotal"].as_u64()).sum();
+    let backends = status["proxy"]["backends"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let total = backends
+        .iter()
+        .filter_map(|b| b["connectionsTotal"].as_u64())
+        .sum();
     let (to_ip, errors) = backends
         .iter()
         .find(|b| {
@@ -543,9 +549,9 @@ fn backend_counts(lab: &ControlPlane, i: usize, ip: std::net::IpAddr) -> (u64, u
                 .is_some_and(|a| a.ip() == ip)
         })
         .map_or((0, 0), |b| {
-            let errors = b["connectErrors"]
-                .as_array()
-                .map_or(0, |all| all.iter().filter_map(|c| c["count"].as_u64()).sum());
+            let errors = b["connectErrors"].as_array().map_or(0, |all| {
+                all.iter().filter_map(|c| c["count"].as_u64()).sum()
+            });
             (b["connectionsTotal"].as_u64().unwrap_or(0), errors)
         });
     (total, to_ip, errors)
@@ -621,7 +627,11 @@ fn after_a_link_down_takeover_the_new_master_sends_nobody_to_the_silent_masters_
             let api = lab.vip_api();
             std::thread::spawn(move || {
                 (0..3)
-                    .map(|_| p.get(api, "/version").map(|a| a.status).map_err(|e| e.to_string()))
+                    .map(|_| {
+                        p.get(api, "/version")
+                            .map(|a| a.status)
+                            .map_err(|e| e.to_string())
+                    })
                     .collect::<Vec<_>>()
             })
         })
@@ -637,10 +647,14 @@ fn after_a_link_down_takeover_the_new_master_sends_nobody_to_the_silent_masters_
     let after = ok(
         &lab,
         "status with the requests",
-        cplb_e2e::wait_for("the new Master's status to count the requests", FAILOVER, || {
-            let now = backend_counts(&lab, next, dead);
-            (now.0 >= before.0 + served).then_some(now)
-        }),
+        cplb_e2e::wait_for(
+            "the new Master's status to count the requests",
+            FAILOVER,
+            || {
+                let now = backend_counts(&lab, next, dead);
+                (now.0 >= before.0 + served).then_some(now)
+            },
+        ),
     );
     assert_eq!(
         (after.1, after.2),
