@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use cplb_proxy::{BackendsHandle, ProxyThread};
 use cplb_reconciler::{HealthSnapshot, Reconciler, ReconcilerStatus};
+use cplb_vrrp::io::status::DriverStatus;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -108,6 +109,18 @@ impl LoadBalancer {
             repair: Repair::default(),
             api_port: plan.reconciler.api_port,
         })
+    }
+
+    /// Makes the proxy skip the apiserver of a Master this node took over
+    /// from because it fell silent (see [`crate::takeover`]), until the
+    /// reconciler stops.
+    pub(crate) fn follow_takeovers(&self, status: watch::Receiver<DriverStatus>) {
+        tokio::spawn(crate::takeover::follow(
+            status,
+            self.health.clone(),
+            self.backends.clone(),
+            self.reconciler_cancel.clone(),
+        ));
     }
 
     /// Whether this node can serve through its proxy, and why.

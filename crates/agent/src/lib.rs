@@ -18,4 +18,5 @@ mod report;
 pub mod run;
 pub mod status;
 pub mod supervise;
+mod takeover;
 mod watchdog;

@@ -238,6 +238,7 @@ mod tests {
             transitions: 0,
             priority: 100,
             master: None,
+            silent_master: None,
             stats,
         }
     }

@@ -263,6 +263,9 @@ impl Agent {
         if !started {
             return Err(RunError::Crashed("VRRP driver"));
         }
+        if let Some(lb) = &lb {
+            lb.follow_takeovers(status.clone());
+        }
         if let Some(balancer) = ipvs.as_mut()
             && let Err(e) = balancer.follow(status.clone()).await
         {

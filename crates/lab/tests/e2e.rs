@@ -526,3 +526,146 @@ fn a_supervised_agent_whose_worker_is_sigkilled_hands_over_and_rejoins() {
         1
     );
 }
+
+/// What controller `i`'s proxy reports: connections to every backend,
+/// and connections and failed connects (every reason) of the backend at
+/// `ip`, from `/status` (refreshed every half second).
+fn backend_counts(lab: &ControlPlane, i: usize, ip: std::net::IpAddr) -> (u64, u64, u64) {
+    let status = ok(lab, "status", lab.status(i));
+    let backends = status["proxy"]["backends"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let total = backends
+        .iter()
+        .filter_map(|b| b["connectionsTotal"].as_u64())
+        .sum();
+    let (to_ip, errors) = backends
+        .iter()
+        .find(|b| {
+            b["address"]
+                .as_str()
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                .is_some_and(|a| a.ip() == ip)
+        })
+        .map_or((0, 0), |b| {
+            let errors = b["connectErrors"].as_array().map_or(0, |all| {
+                all.iter().filter_map(|c| c["count"].as_u64()).sum()
+            });
+            (b["connectionsTotal"].as_u64().unwrap_or(0), errors)
+        });
+    (total, to_ip, errors)
+}
+
+/// Issue 15 at 100 ms adverts: when the holder's link goes down, the new
+/// Master takes over within a few hundred milliseconds, while the dead
+/// node's apiserver is still in every proxy's backend set (the reconciler
+/// drops it only once a `/readyz` check fails, 0.8-1.8 s after the cut).
+/// The new Master's proxy must send none of the clients that arrive
+/// meanwhile there: it knows that Master fell silent, and skips its
+/// address. Counted by the new Master's proxy (a connect to the dead node
+/// fails, or is overtaken by another backend, and is counted either way).
+#[test]
+fn after_a_link_down_takeover_the_new_master_sends_nobody_to_the_silent_masters_apiserver() {
+    let mut lab = ControlPlane::start(Options {
+        start_agents: false,
+        ..Options::default()
+    })
+    .unwrap();
+    for c in lab.controllers().to_vec() {
+        let text = format!(
+            "{}  vrrpVersion: 3\n  advertInterval: 100ms\n",
+            cplb_lab::agent_config(&c, Family::V4)
+        );
+        std::fs::write(&c.config, text).unwrap();
+    }
+    for i in 0..3 {
+        let started = lab.start_agent(i);
+        ok(&lab, "agent start", started);
+    }
+    let p = prober(&lab);
+    one_holder(&lab, ELECTION, |_| true);
+    balanced(&lab, &p);
+    // Every agent healthy at its base priority (no preemption to come) and
+    // its proxy balancing over the three apiservers.
+    ok(
+        &lab,
+        "agents settled",
+        cplb_e2e::wait_for(
+            "every agent at base priority with 3 backends",
+            ELECTION,
+            || {
+                (0..3)
+                    .all(|i| {
+                        lab.agent_at_base_priority(i)
+                            && lab.status(i).is_ok_and(|s| {
+                                s["proxy"]["backends"].as_array().is_some_and(|b| {
+                                    b.iter()
+                                        .filter(|b| b["inSet"] == true && b["health"] == "healthy")
+                                        .count()
+                                        == 3
+                                })
+                            })
+                    })
+                    .then_some(())
+            },
+        ),
+    );
+    // The holder once every priority is final (a node that reached its
+    // base priority later may have preempted the first one).
+    let holder = one_holder(&lab, ELECTION, |_| true);
+    stays_sole_holder(&lab, holder, Duration::from_secs(1));
+    let dead = lab.controllers()[holder].ip;
+    ok(&lab, "link down", lab.set_link(holder, false));
+    let next = new_holder(&lab, holder);
+    let before = backend_counts(&lab, next, dead);
+    // Clients right after the takeover, several at a time so that every
+    // round-robin turn of the new Master's proxy is taken.
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let p = p.clone();
+            let api = lab.vip_api();
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| {
+                        p.get(api, "/version")
+                            .map(|a| a.status)
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answers: Vec<Result<u16, String>> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    // Once the status shows every served request, it shows every connect
+    // tried for them too (the proxy counts a failed or overtaken attempt
+    // before the connection it lost to).
+    let served = answers.iter().filter(|a| a.is_ok()).count() as u64;
+    let after = ok(
+        &lab,
+        "status with the requests",
+        cplb_e2e::wait_for(
+            "the new Master's status to count the requests",
+            FAILOVER,
+            || {
+                let now = backend_counts(&lab, next, dead);
+                (now.0 >= before.0 + served).then_some(now)
+            },
+        ),
+    );
+    assert_eq!(
+        (after.1, after.2),
+        (before.1, before.2),
+        "the new Master's proxy tried the silent Master's apiserver {dead} \
+         (connections, failed connects) before {before:?}, after {after:?}; answers {answers:?}{}",
+        logs(&lab)
+    );
+    assert!(
+        answers.iter().all(|a| *a == Ok(200)),
+        "{answers:?}{}",
+        logs(&lab)
+    );
+}

@@ -106,11 +106,19 @@ impl PassiveHealth {
     /// Records a failed connect at `now`. Returns true when the backend was
     /// not already being skipped (a state change worth logging).
     pub fn record_failure(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        self.skip(addr, now, self.window)
+    }
+
+    /// Skips `addr` from `now` for `window` (or longer, if an earlier
+    /// failure or suspicion already reaches further). Returns true when the
+    /// backend was not already being skipped.
+    pub fn skip(&mut self, addr: SocketAddr, now: Instant, window: Duration) -> bool {
         let was_skipped = self.is_skipped(&addr, now);
-        if let Some(until) = now.checked_add(self.window) {
-            self.skip_until.insert(addr, until);
+        if let Some(until) = now.checked_add(window) {
+            let entry = self.skip_until.entry(addr).or_insert(until);
+            *entry = (*entry).max(until);
         }
-        !was_skipped && !self.window.is_zero()
+        !was_skipped && !window.is_zero()
     }
 
     /// Records a successful connect. Returns true when the backend was in a
@@ -237,6 +245,18 @@ mod tests {
             order,
             set.candidates(1, t0, &PassiveHealth::new(Duration::ZERO))
         );
+    }
+
+    #[test]
+    fn a_skip_never_shortens_a_longer_one() {
+        let t0 = Instant::now();
+        let mut health = PassiveHealth::new(Duration::from_secs(5));
+        let a = addr("192.0.2.1:6443");
+        assert!(health.skip(a, t0, Duration::from_secs(30)));
+        // A connect failure's 5 s window inside the 30 s suspicion.
+        assert!(!health.record_failure(a, t0 + Duration::from_secs(1)));
+        assert!(health.is_skipped(&a, t0 + Duration::from_secs(29)));
+        assert!(!health.is_skipped(&a, t0 + Duration::from_secs(30)));
     }
 
     #[test]

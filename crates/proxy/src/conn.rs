@@ -1,9 +1,12 @@
 //! One client connection: connect to a backend (with timeout, trying the
 //! next one on failure), then pump bytes until both sides are done.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
@@ -74,33 +77,109 @@ struct NoBackend {
     local: bool,
 }
 
+type Connected = io::Result<(TcpStream, usize)>;
+
+/// One connect in flight: its backend and its future (bounded by
+/// `connect_timeout`).
+struct Attempt<'a> {
+    addr: SocketAddr,
+    connect: Pin<Box<dyn Future<Output = Connected> + Send + 'a>>,
+}
+
+/// Waits for the first of `attempts` to finish; returns its index.
+async fn first_done(attempts: &mut [Attempt<'_>]) -> (usize, Connected) {
+    std::future::poll_fn(|cx| {
+        for (i, attempt) in attempts.iter_mut().enumerate() {
+            if let Poll::Ready(result) = attempt.connect.as_mut().poll(cx) {
+                return Poll::Ready((i, result));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Connects to the first backend that accepts, in the order of
+/// [`Shared::candidates`]: a failed attempt moves on to the next backend at
+/// once, and one that has not finished after `connect_hedge` gets the next
+/// backend raced against it (see [`crate::ProxyConfig::connect_hedge`]).
 async fn connect(
     shared: &Shared,
     peer: SocketAddr,
     early: Option<&[u8]>,
 ) -> Result<(TcpStream, SocketAddr, usize), NoBackend> {
-    let timeout = shared.config.connect_timeout;
+    let config = &shared.config;
+    let timeout = config.connect_timeout;
+    let hedge = config.connect_hedge.filter(|h| *h < timeout);
+    let start = |addr: SocketAddr| Attempt {
+        addr,
+        connect: Box::pin(
+            shared
+                .connect_clock
+                .timeout(timeout, connect_one(addr, config.keepalive, early)),
+        ),
+    };
+    let mut queue = shared.candidates().into_iter();
+    let mut attempts: Vec<Attempt<'_>> = queue.next().map(start).into_iter().collect();
     let mut local = false;
-    for addr in shared.candidates() {
-        let attempt = connect_one(addr, shared.config.keepalive, early);
-        let error = match shared.connect_clock.timeout(timeout, attempt).await {
+    // Bounded: each pass starts an attempt from the finite queue or ends
+    // one, and ends the loop once none is left.
+    while !attempts.is_empty() {
+        let hedge_due = async {
+            match hedge {
+                Some(delay) if queue.len() > 0 => {
+                    let _ = shared
+                        .connect_clock
+                        .timeout(delay, std::future::pending::<io::Result<()>>())
+                        .await;
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        let (index, result) = tokio::select! {
+            biased;
+            done = first_done(&mut attempts) => done,
+            () = hedge_due => {
+                if let Some(addr) = queue.next() {
+                    debug!(component = "proxy", %peer, backend = %addr, ?hedge, "connect slow, racing the next backend");
+                    attempts.push(start(addr));
+                }
+                continue;
+            }
+        };
+        let addr = attempts.swap_remove(index).addr;
+        match result {
             Ok((stream, sent)) => {
+                // The attempts still pending lost the race: each has gone
+                // unanswered for at least the hedge delay.
+                for lost in attempts.drain(..) {
+                    debug!(component = "proxy", %peer, backend = %lost.addr, winner = %addr, "connect overtaken by another backend");
+                    shared
+                        .counters(lost.addr)
+                        .connect_error(ConnectErrorReason::Timeout);
+                    shared.connect_failed(lost.addr, "overtaken");
+                }
                 shared.connect_succeeded(addr);
                 return Ok((stream, addr, sent));
             }
-            Err(e) => e,
-        };
-        debug!(component = "proxy", %peer, backend = %addr, %error, "failed to connect to backend");
-        let reason = ConnectErrorReason::from_io(&error);
-        local = !reason.is_backend_fault();
-        if local {
-            // Out of descriptors or local ports: the next backend may still
-            // work (ports are per destination), and this one is not to blame.
-            shared.local_connect_error(addr, &error);
-            continue;
+            Err(error) => {
+                debug!(component = "proxy", %peer, backend = %addr, %error, "failed to connect to backend");
+                let reason = ConnectErrorReason::from_io(&error);
+                local = !reason.is_backend_fault();
+                if local {
+                    // Out of descriptors or local ports: the next backend may
+                    // still work (ports are per destination), and this one is
+                    // not to blame.
+                    shared.local_connect_error(addr, &error);
+                } else {
+                    shared.counters(addr).connect_error(reason);
+                    shared.connect_failed(addr, reason.as_str());
+                }
+                if let Some(next) = queue.next() {
+                    attempts.push(start(next));
+                }
+            }
         }
-        shared.counters(addr).connect_error(reason);
-        shared.connect_failed(addr, reason.as_str());
     }
     Err(NoBackend { local })
 }

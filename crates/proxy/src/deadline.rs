@@ -35,12 +35,15 @@ impl Drop for InFlight<'_> {
 }
 
 impl ConnectClock {
-    pub(crate) fn new(timeout: Duration) -> Self {
+    /// A clock for deadlines no shorter than `shortest` (ticks every tenth
+    /// of it, within 5-250 ms).
+    pub(crate) fn new(shortest: Duration) -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
             tick: Notify::new(),
             start: Notify::new(),
-            granularity: (timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(250)),
+            granularity: (shortest / 10)
+                .clamp(Duration::from_millis(5), Duration::from_millis(250)),
         }
     }
 

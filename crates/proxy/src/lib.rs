@@ -49,6 +49,10 @@ use crate::shared::Shared;
 /// Port k0s's proxy listens on.
 pub const DEFAULT_PORT: u16 = 6444;
 
+/// Default [`ProxyConfig::connect_hedge`]: far above a LAN's (or a
+/// region's) round trip, far below the kernel's 1 s SYN retransmission.
+pub const DEFAULT_CONNECT_HEDGE: Duration = Duration::from_millis(200);
+
 /// How bytes are moved between the two sockets of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DataPath {
@@ -72,6 +76,19 @@ pub struct ProxyConfig {
     pub initial_backends: Vec<SocketAddr>,
     /// Bound on each connect attempt to a backend.
     pub connect_timeout: Duration,
+    /// When a connect attempt has not finished after this long and another
+    /// backend is left to try, the proxy starts a connect to that one too
+    /// and takes whichever connects first (the other attempt is dropped and
+    /// counted as a timed-out connect, which puts its backend in the
+    /// passive-health skip window). A LAN answers a SYN within a
+    /// millisecond and the kernel retransmits a lost one only after a
+    /// second, so an unanswered SYN after this delay most likely went to a
+    /// host that is gone (a controller whose link went down, still in the
+    /// backend set until the reconciler's next check fails): the client
+    /// then waits this delay instead of `connect_timeout`. `None` (or a
+    /// value not below `connect_timeout`) tries backends one after the
+    /// other, each for up to `connect_timeout`.
+    pub connect_hedge: Option<Duration>,
     /// How long a backend that failed to connect is skipped by new
     /// connections (`ZERO` disables passive health).
     pub passive_health_window: Duration,
@@ -121,6 +138,7 @@ impl ProxyConfig {
             listen: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), DEFAULT_PORT),
             initial_backends,
             connect_timeout: Duration::from_secs(3),
+            connect_hedge: Some(DEFAULT_CONNECT_HEDGE),
             passive_health_window: Duration::from_secs(5),
             removed_backend_grace: Some(Duration::from_secs(10)),
             idle_timeout: None,
@@ -381,8 +399,25 @@ impl BackendsHandle {
     }
 
     /// Backends of the current set that new connections skip (try last)
-    /// because a connect to them failed within the passive-health window.
+    /// because a connect to them failed within the passive-health window,
+    /// or because they were [suspected](Self::suspect).
     pub fn skipped(&self) -> Vec<SocketAddr> {
         self.shared.skipped()
+    }
+
+    /// Skips (tries last) every backend of the current set at `ip` for
+    /// `window`, as a failed connect would for the passive-health window,
+    /// before any connect to it has failed: for a caller that knows the
+    /// host has gone (the agent, when VRRP took over from a Master that fell
+    /// silent on that address). `why` goes to the log. Returns the backends
+    /// now skipped; a backend joining the set later is not affected.
+    pub fn suspect(&self, ip: IpAddr, window: Duration, why: &str) -> Vec<SocketAddr> {
+        self.shared.suspect(ip, window, why)
+    }
+
+    /// Ends the skip window of every backend at `ip` (the host was found
+    /// alive); returns the backends that were skipped.
+    pub fn clear_suspect(&self, ip: IpAddr, why: &str) -> Vec<SocketAddr> {
+        self.shared.clear_suspect(ip, why)
     }
 }

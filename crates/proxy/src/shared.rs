@@ -104,7 +104,11 @@ impl Shared {
     ) -> Self {
         let window = config.passive_health_window;
         Self {
-            connect_clock: ConnectClock::new(config.connect_timeout),
+            connect_clock: ConnectClock::new(
+                config
+                    .connect_hedge
+                    .map_or(config.connect_timeout, |h| h.min(config.connect_timeout)),
+            ),
             config,
             backends: watch::Sender::new(Arc::new(initial)),
             next_ticket: AtomicUsize::new(0),
@@ -242,6 +246,45 @@ impl Shared {
         if lock(&self.health).record_success(&addr) {
             info!(component = "proxy", backend = %addr, "backend connected again, no longer skipped");
         }
+    }
+
+    /// Puts every backend of the current set at `ip` in the skip window for
+    /// `window`, as if a connect to it had just failed; returns them.
+    pub(crate) fn suspect(&self, ip: IpAddr, window: Duration, why: &str) -> Vec<SocketAddr> {
+        let set = self.current();
+        let now = now();
+        let mut health = lock(&self.health);
+        let suspects: Vec<SocketAddr> = set
+            .addrs()
+            .iter()
+            .filter(|addr| addr.ip().to_canonical() == ip.to_canonical())
+            .copied()
+            .collect();
+        for addr in &suspects {
+            if health.skip(*addr, now, window) {
+                warn!(component = "proxy", backend = %addr, reason = why, skip_for = ?window,
+                    "backend suspected down, skipping it for new connections");
+            }
+        }
+        suspects
+    }
+
+    /// Ends the skip window of every backend at `ip`; returns those that
+    /// were skipped.
+    pub(crate) fn clear_suspect(&self, ip: IpAddr, why: &str) -> Vec<SocketAddr> {
+        let set = self.current();
+        let mut health = lock(&self.health);
+        let cleared: Vec<SocketAddr> = set
+            .addrs()
+            .iter()
+            .filter(|addr| addr.ip().to_canonical() == ip.to_canonical())
+            .filter(|addr| health.record_success(addr))
+            .copied()
+            .collect();
+        for addr in &cleared {
+            info!(component = "proxy", backend = %addr, reason = why, "backend no longer skipped");
+        }
+        cleared
     }
 
     /// Token that fires when connections to `addr` must be closed.

@@ -273,9 +273,15 @@ async fn dead_backend_is_skipped_and_client_served() {
 /// A loopback "blackhole": a listener whose accept queue is full and never
 /// drained, so the kernel drops further SYNs and connects hang.
 fn blackhole() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    blackhole_at("127.0.0.1")
+}
+
+/// [`blackhole`] on another loopback address (Linux routes all of
+/// 127.0.0.0/8 to `lo`), for tests that tell backends apart by address.
+fn blackhole_at(ip: &str) -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .bind(&format!("{ip}:0").parse::<SocketAddr>().unwrap().into())
         .unwrap();
     socket.listen(0).unwrap();
     let addr = socket.local_addr().unwrap().as_socket().unwrap();
@@ -305,6 +311,85 @@ async fn connect_timeout_moves_on_to_next_backend() {
     // Timed out once, then skipped by passive health.
     assert_eq!(hole_stats.connect_errors_timeout, 1, "{hole_stats:?}");
     assert_eq!(stats.iter().map(|s| s.connections_total).sum::<u64>(), 4);
+}
+
+/// A backend that leaves SYNs unanswered (a host whose link went down) no
+/// longer holds a client for the whole connect timeout: after
+/// `connect_hedge` the next backend is raced against it and wins. The
+/// timeout here is far beyond the test's guard, so only the hedge can
+/// serve the clients in time; whichever backend a client's round-robin
+/// turn starts at, it is served by the live one.
+#[tokio::test]
+async fn unanswered_connect_is_raced_against_the_next_backend() {
+    init_tracing();
+    let live = EchoBackend::start(5).await;
+    let (_hole, _fillers, hole) = blackhole();
+    let mut cfg = config(vec![hole, live.addr]);
+    cfg.connect_timeout = Duration::from_secs(600);
+    cfg.connect_hedge = Some(Duration::from_millis(50));
+    let proxy = start(cfg).await;
+    for i in 0..2u64 {
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let served = timeout(Duration::from_secs(60), exchange(stream, payload(i, 10)))
+            .await
+            .expect("client still waiting: the unanswered connect was not raced");
+        assert_eq!(served, 5);
+    }
+    let stats = proxy.handle.stats();
+    let hole_stats = stats.iter().find(|s| s.addr == hole).unwrap();
+    // Overtaken once (counted as a timeout), then skipped by passive health.
+    assert_eq!(hole_stats.connect_errors_timeout, 1, "{hole_stats:?}");
+    assert_eq!(hole_stats.connections_total, 0, "{hole_stats:?}");
+    assert_eq!(proxy.handle.skipped(), vec![hole]);
+}
+
+/// A suspected host is skipped before any connect to it has failed (the
+/// agent suspects the Master whose adverts stopped), until cleared.
+#[tokio::test]
+async fn a_suspected_host_gets_no_connect_until_cleared() {
+    init_tracing();
+    let live = EchoBackend::start(6).await;
+    let (_hole, _fillers, hole) = blackhole_at("127.0.0.2");
+    let mut cfg = config(vec![hole, live.addr]);
+    // Neither the timeout nor a hedge could serve a client sent to the
+    // hole within the guard below.
+    cfg.connect_timeout = Duration::from_secs(600);
+    cfg.connect_hedge = None;
+    let proxy = start(cfg).await;
+    assert_eq!(
+        proxy
+            .handle
+            .suspect(hole.ip(), Duration::from_secs(600), "test"),
+        vec![hole]
+    );
+    assert_eq!(proxy.handle.skipped(), vec![hole]);
+    for i in 0..4u64 {
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let served = timeout(Duration::from_secs(60), exchange(stream, payload(i, 10)))
+            .await
+            .expect("a client was sent to the suspected host");
+        assert_eq!(served, 6);
+    }
+    let stats = proxy.handle.stats();
+    assert!(
+        stats
+            .iter()
+            .all(|s| s.addr != hole || (s.connections_total == 0 && s.connect_errors_timeout == 0)),
+        "{stats:?}"
+    );
+    assert_eq!(proxy.handle.clear_suspect(hole.ip(), "test"), vec![hole]);
+    assert!(proxy.handle.skipped().is_empty());
+    // Only the current set's backends at that address are affected.
+    assert!(
+        proxy
+            .handle
+            .suspect(
+                "127.0.0.3".parse().unwrap(),
+                Duration::from_secs(600),
+                "test"
+            )
+            .is_empty()
+    );
 }
 
 #[tokio::test]

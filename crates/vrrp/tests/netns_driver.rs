@@ -274,6 +274,9 @@ fn higher_priority_becomes_master_and_hands_over_gracefully() {
     // Graceful stop: priority 0 makes B take over at once, A keeps nothing.
     assert_eq!(a.stop(), "stopped");
     t.wait_holder(&t.b, vip);
+    // A resigned: nothing suggests its host is gone.
+    let took_over = b.wait_status(51, "B Master", |s| s.state == State::Master);
+    assert_eq!(took_over.silent_master, None, "{took_over:?}");
     assert_eq!(b.stop(), "stopped");
     assert!(!t.holds(&t.b, vip), "a stopped Master removes its VIPs");
 }
@@ -286,39 +289,62 @@ fn a_killed_masters_vip_expires_by_itself_and_the_backup_takes_over() {
         &t.a,
         vec![v2_instance(52, 200, "192.0.2.1", "192.0.2.101", 32)],
     );
-    let _b = Router::spawn(
+    let b = Router::spawn(
         &t.b,
         vec![v2_instance(52, 100, "192.0.2.2", "192.0.2.101", 32)],
     );
     t.wait_holder(&t.a, vip);
+    let backup = b.wait_status(52, "B Backup hearing A", |s| {
+        s.state == State::Backup && s.master.is_some()
+    });
+    assert_eq!(backup.silent_master, None);
 
     // No shutdown runs: nothing removes the VIP but the kernel's lease.
     assert_eq!(a.kill(), "killed");
     t.wait_holder(&t.b, vip);
+    // B took over from a Master that fell silent, and names it.
+    let took_over = b.wait_status(52, "B Master", |s| s.state == State::Master);
+    assert_eq!(
+        took_over.silent_master,
+        Some(ip("192.0.2.1")),
+        "{took_over:?}"
+    );
 }
 
 #[test]
 fn link_down_releases_the_vip_and_link_up_preempts_back() {
     let t = Pair::new();
     let vip = ip("192.0.2.102");
-    let _a = Router::spawn(
+    let a = Router::spawn(
         &t.a,
         vec![v2_instance(53, 200, "192.0.2.1", "192.0.2.102", 24)],
     );
-    let _b = Router::spawn(
+    let b = Router::spawn(
         &t.b,
         vec![v2_instance(53, 100, "192.0.2.2", "192.0.2.102", 24)],
     );
     t.wait_holder(&t.a, vip);
 
     // A loses carrier: it goes to Fault and drops the VIP; B stops hearing
-    // it and takes over.
+    // it and takes over, naming it as the Master that fell silent.
     t.lab.cut_cable("a").unwrap();
     t.wait_holder(&t.b, vip);
+    let took_over = b.wait_status(53, "B Master", |s| s.state == State::Master);
+    assert_eq!(
+        took_over.silent_master,
+        Some(ip("192.0.2.1")),
+        "{took_over:?}"
+    );
 
-    // Carrier back: A starts over as Backup and preempts B (priority 200).
+    // Carrier back: A starts over as Backup and preempts B (priority 200):
+    // a preemption, not a silence.
     t.lab.plug_cable("a").unwrap();
     t.wait_holder(&t.a, vip);
+    let preempted = a.wait_status(53, "A Master again", |s| s.state == State::Master);
+    assert_eq!(preempted.silent_master, None, "{preempted:?}");
+    b.wait_status(53, "B Backup", |s| {
+        s.state == State::Backup && s.silent_master.is_none()
+    });
 }
 
 #[test]

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use super::netlink::{LinkEvent, LinkEvents, NetlinkError, Vip, VipManager};
 use super::rx::{Classifier, InstanceStats, SocketStats};
 use super::socket::{PacketSocket, RecvdPacket, SocketError, VrrpSocket};
-use crate::fsm::{Action, PRIORITY_RESIGN, State, VirtualRouter};
+use crate::fsm::{Action, PRIORITY_RESIGN, Reason, State, VirtualRouter};
 use crate::wire::{
     Advert, GARP_FRAME_LEN, UNSOLICITED_NA_FRAME_LEN, gratuitous_arp, unsolicited_na,
 };
@@ -382,6 +382,8 @@ struct Instance {
     /// The Master as far as we know: ourselves while Master, the source of
     /// the latest accepted advert while Backup.
     master: Option<IpAddr>,
+    /// See [`InstanceStatus::silent_master`].
+    silent_master: Option<IpAddr>,
     /// Adverts in a row that went to no destination.
     send_failures: u32,
     /// VIP adds in a row that failed.
@@ -402,6 +404,7 @@ impl Instance {
             transitions: self.transitions,
             priority: self.router.priority(),
             master: self.master,
+            silent_master: self.silent_master,
             stats: InstanceStats {
                 answers_suppressed: self.router.answers_suppressed(),
                 ..self.stats
@@ -617,6 +620,7 @@ impl Runner {
                 vip_failures: 0,
                 probing: false,
                 master: None,
+                silent_master: None,
             });
         }
 
@@ -1114,6 +1118,13 @@ impl Runner {
                         if to == State::Master {
                             instance.stats.became_master += 1;
                         }
+                        // `master` still names the Master last heard.
+                        instance.silent_master = match (to, reason) {
+                            (State::Master, Reason::MasterDown) => instance
+                                .master
+                                .filter(|m| *m != instance.config.router.primary_ip),
+                            _ => None,
+                        };
                         instance.master = match to {
                             State::Master => Some(instance.config.router.primary_ip),
                             _ => None,

@@ -29,6 +29,12 @@ pub struct InstanceStatus {
     /// address while Master, the source of the latest accepted advert while
     /// Backup, `None` otherwise.
     pub master: Option<IpAddr>,
+    /// While Master, when this instance took over because the Master it
+    /// last heard fell silent (no advert for Master_Down_Interval, RFC 5798
+    /// §6.4.2, not a priority-0 resignation or a preemption): that Master's
+    /// address, the source of its adverts. Its host is likely gone (link
+    /// down, crashed), so what it served is suspect. `None` otherwise.
+    pub silent_master: Option<IpAddr>,
     /// The instance's counters. Drops of its socket before the VRID was
     /// known are in [`SocketStatus::stats`], once per socket.
     pub stats: InstanceStats,
