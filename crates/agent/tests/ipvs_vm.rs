@@ -1274,6 +1274,13 @@ fn ipv6_vips_inside_the_vm() {
     assert_ne!(new_holder, holder);
     assert!(!lab.has_service(holder), "{:?}", lab.ipvsadm(holder));
     assert_eq!(lab.dummy(holder), None, "dummyvip0 deleted on stop");
+    // DR needs the VIP on the real server's node: the stopped node's
+    // apiserver (still running here, unlike a stopped k0s controller's)
+    // takes the client's connections again only once its agent is back with
+    // dummyvip0, and the client's persistence (synced to the new holder) may
+    // point at it.
+    lab.plane.start_agent_with(holder, &["--supervise"]).unwrap();
+    lab.wait("the restarted agent's dummyvip0", || lab.dummy(holder));
     let answer = lab.wait("an HTTPS answer through the VIP after failover", || {
         prober.get(vip_api, "/version").ok()
     });
