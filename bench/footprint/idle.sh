@@ -11,21 +11,8 @@
 # SKIP_SETUP=1 skips scripts/setup (keepalived 2.4.3, haproxy, iptables).
 # The table goes to stdout, progress to stderr.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-
-if [ "$(id -u)" -ne 0 ]; then
-    echo "run as root: the benchmark builds network namespaces" >&2
-    exit 1
-fi
-if [ "${SKIP_SETUP:-0}" != 1 ]; then
-    scripts/setup
-fi
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --quiet -p cplb --bin cplb -p cplb-lab --bin cplb-lab
-export CPLB_BIN="$CARGO_TARGET_DIR/release/cplb"
-
-echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+# Root, setup, release builds, CPLB_BIN: see bench/lab-prelude.sh.
+source "$(dirname "$0")/../lab-prelude.sh"
 # Bounded: about 7 minutes per stack at --reps 5; give up after 90.
 timeout 5400 "$CARGO_TARGET_DIR/release/cplb-lab" footprint "$@"
 echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
