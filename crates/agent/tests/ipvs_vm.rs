@@ -1279,7 +1279,9 @@ fn ipv6_vips_inside_the_vm() {
     // takes the client's connections again only once its agent is back with
     // dummyvip0, and the client's persistence (synced to the new holder) may
     // point at it.
-    lab.plane.start_agent_with(holder, &["--supervise"]).unwrap();
+    lab.plane
+        .start_agent_with(holder, &["--supervise"])
+        .unwrap();
     lab.wait("the restarted agent's dummyvip0", || lab.dummy(holder));
     let answer = lab.wait("an HTTPS answer through the VIP after failover", || {
         prober.get(vip_api, "/version").ok()
