@@ -50,6 +50,10 @@ pub enum Error {
     NotSetUp { path: PathBuf, missing: String },
     #[error("{what} not found: run scripts/setup (or scripts/setup-vm) as root")]
     ToolMissing { what: String },
+    #[error(
+        "{path} is under {hidden}, which the VM overlays with its own tmpfs: the test binaries would not be visible inside it; use a checkout (or CARGO_TARGET_DIR) elsewhere"
+    )]
+    HiddenPath { path: PathBuf, hidden: &'static str },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -201,6 +205,15 @@ impl Vm {
 
     pub fn boot_with(options: VmOptions) -> Result<Vm, Error> {
         let started = Instant::now();
+        // The host's root is shared read-only, but these get the VM's own
+        // tmpfs (writable scratch space), hiding the host's files there.
+        if let Ok(exe) = std::env::current_exe() {
+            for hidden in ["/tmp", "/run", "/dev"] {
+                if exe.starts_with(hidden) {
+                    return Err(Error::HiddenPath { path: exe, hidden });
+                }
+            }
+        }
         let qemu = find_in_path("qemu-system-x86_64").ok_or_else(|| Error::ToolMissing {
             what: "qemu-system-x86_64".into(),
         })?;
