@@ -384,21 +384,29 @@ impl Running {
     }
 }
 
-/// An idle agent pays one TLS handshake per backend, not one per check:
-/// the checks of a healthy backend share one kept-alive connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checks_of_a_healthy_backend_reuse_one_connection() {
+/// Three apiservers, all listed, checked every 300 ms (250 ms timeout);
+/// returns once the reconciler has published all three.
+const THREE: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+
+async fn three_checked_every_300ms() -> (Lab, Running) {
     let lab = Lab::three().await;
-    let all = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
-    lab.set(&all);
+    lab.set(&THREE);
     let mut r = Running::start(ReconcilerConfig {
         interval: Duration::from_millis(300),
         timeout: Duration::from_millis(250),
         ..lab.config(Source::Auto)
     })
     .await;
-    r.wait_for(&lab.backends(&all), SLOW_BOUND, "initial list")
+    r.wait_for(&lab.backends(&THREE), SLOW_BOUND, "initial list")
         .await;
+    (lab, r)
+}
+
+/// An idle agent pays one TLS handshake per backend, not one per check:
+/// the checks of a healthy backend share one kept-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_of_a_healthy_backend_reuse_one_connection() {
+    let (lab, r) = three_checked_every_300ms().await;
     let status = r.wait_for_probes("127.0.0.2", 10).await;
     let counters = lab.server("127.0.0.2").counters();
     let checks = Counters::get(&counters.health_checks);
@@ -418,17 +426,7 @@ async fn checks_of_a_healthy_backend_reuse_one_connection() {
 /// dials again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_server_closed_is_no_failed_check() {
-    let lab = Lab::three().await;
-    let all = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
-    lab.set(&all);
-    let mut r = Running::start(ReconcilerConfig {
-        interval: Duration::from_millis(300),
-        timeout: Duration::from_millis(250),
-        ..lab.config(Source::Auto)
-    })
-    .await;
-    r.wait_for(&lab.backends(&all), SLOW_BOUND, "initial list")
-        .await;
+    let (lab, r) = three_checked_every_300ms().await;
     let healthy = r.wait_for_probes("127.0.0.2", 1).await;
     let server = lab.server("127.0.0.2");
     server.faults().set_close_connections(true);
@@ -443,7 +441,7 @@ async fn a_connection_the_server_closed_is_no_failed_check() {
     assert_eq!(status.health, Health::Healthy, "{status:?}");
     assert_eq!(status.last_change, healthy.last_change, "{status:?}");
     assert_eq!(status.consecutive_failures, 0, "{status:?}");
-    assert_eq!(*r.rx.borrow(), lab.backends(&all));
+    assert_eq!(*r.rx.borrow(), lab.backends(&THREE));
     r.shutdown().await;
 }
 
