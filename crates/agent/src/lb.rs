@@ -247,21 +247,36 @@ async fn run_reconciler(
 /// the proxy's listening socket it holds across the worker's restarts.
 pub(crate) const LISTEN_FD_ENV: &str = "CPLB_PROXY_LISTEN_FD";
 
-/// The listening socket handed down by the supervisor, if any. A variable
-/// that names anything but an open listening socket is an error, never
-/// taken over (it could be any descriptor of ours).
-#[allow(unsafe_code)]
+/// The listening socket handed down by the supervisor, if any.
 fn inherited_listener(want: SocketAddr) -> Result<Option<std::net::TcpListener>, RunError> {
+    let listener = listener_from_env().map_err(|why| {
+        RunError::Proxy(cplb_proxy::ProxyError::Adopt {
+            want,
+            source: std::io::Error::other(why),
+        })
+    })?;
+    if let Some(listener) = &listener {
+        use std::os::fd::AsRawFd;
+        info!(
+            component = "proxy",
+            fd = listener.as_raw_fd(),
+            "serving the listening socket held by the supervisor"
+        );
+    }
+    Ok(listener)
+}
+
+/// The listening socket named by [`LISTEN_FD_ENV`], if set, taken over by
+/// this process. A variable that names anything but an open listening
+/// socket is an error (saying why), never taken over: it could be any
+/// descriptor of ours.
+#[allow(unsafe_code)]
+pub(crate) fn listener_from_env() -> Result<Option<std::net::TcpListener>, String> {
     use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
     let Some(value) = std::env::var_os(LISTEN_FD_ENV) else {
         return Ok(None);
     };
-    let refuse = |why: String| {
-        RunError::Proxy(cplb_proxy::ProxyError::Adopt {
-            want,
-            source: std::io::Error::other(format!("{LISTEN_FD_ENV}={value:?}: {why}")),
-        })
-    };
+    let refuse = |why: String| format!("{LISTEN_FD_ENV}={value:?}: {why}");
     let fd: RawFd = value
         .to_str()
         .and_then(|v| v.parse().ok())
@@ -282,12 +297,15 @@ fn inherited_listener(want: SocketAddr) -> Result<Option<std::net::TcpListener>,
     if !listening {
         return Err(refuse("not a listening socket".into()));
     }
-    // SAFETY: an open listening socket that the supervisor passed to this
-    // process for exactly this use; nothing else in the worker owns it.
+    // SAFETY: an open listening socket that our parent passed to this
+    // process for exactly this use; nothing else here owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    info!(
-        component = "proxy",
-        fd, "serving the listening socket held by the supervisor"
-    );
+    // Ours now: programs this process starts do not inherit it unless
+    // handed it on purpose.
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| refuse(e.to_string()))?;
     Ok(Some(std::net::TcpListener::from(owned)))
 }

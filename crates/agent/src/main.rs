@@ -71,6 +71,20 @@ enum Command {
         /// namespace other than the host's, /run/cplb-netns-INODE.lock).
         #[arg(long, env = "CPLB_LOCK_FILE")]
         lock_file: Option<PathBuf>,
+        /// Keep the REDIRECT rules and dummyvip0 for an agent restarting at
+        /// once (the supervisor's handoff).
+        #[arg(long = supervise::RESTART_FLAG, hide = true)]
+        for_restart: bool,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// The supervising parent of `cplb run --supervise` (started by it).
+    #[command(name = supervise::SUPERVISOR_COMMAND, hide = true)]
+    Supervisor {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        lock_file: PathBuf,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -180,7 +194,12 @@ fn main() -> ExitCode {
                     },
                 };
                 if supervise {
-                    supervise::supervise(&config, &log, &plan, &lock_file).await?;
+                    let supervised = supervise::Supervised {
+                        config,
+                        lock_file,
+                        log,
+                    };
+                    return Err(supervise::exec_supervisor(&supervised, &plan).into());
                 } else {
                     run::run_with_admin(plan).await?;
                 }
@@ -188,9 +207,27 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Supervisor {
+            config,
+            lock_file,
+            log,
+        } => {
+            log.init();
+            let supervised = supervise::Supervised {
+                config,
+                lock_file,
+                log,
+            };
+            // One thread: it waits for a child and for signals, nothing else.
+            block_on_current_thread(async {
+                supervise::supervise(&supervised).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Release {
             config,
             lock_file,
+            for_restart,
             log,
         } => {
             log.init();
@@ -199,9 +236,13 @@ fn main() -> ExitCode {
                 let Some(plan) = plan_or_refuse(&config).await? else {
                     return Ok(ExitCode::FAILURE);
                 };
+                let scope = if for_restart {
+                    run::ReleaseScope::ForRestart
+                } else {
+                    run::ReleaseScope::Everything
+                };
                 if let Some(released) =
-                    run::release_unless_running(&plan, &lock_file, run::ReleaseScope::Everything)
-                        .await?
+                    run::release_unless_running(&plan, &lock_file, scope).await?
                 {
                     info!(component = "agent", ?released, "release done");
                 }
@@ -277,11 +318,29 @@ impl From<HostArg> for HostChoice {
 /// Runs `body` on a multi-threaded runtime; an error is logged and printed
 /// and exits 78 when the configuration is to blame, else 1.
 fn block_on(body: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime");
-    match runtime.and_then(|rt| rt.block_on(body)) {
+    finish(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")
+            .and_then(|rt| rt.block_on(body)),
+    )
+}
+
+/// [`block_on`] on this thread alone.
+fn block_on_current_thread(body: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    finish(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")
+            .and_then(|rt| rt.block_on(body)),
+    )
+}
+
+/// The exit status for `result`, its error logged and printed.
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(e) => {
             error!(component = "agent", error = format!("{e:#}"), "failed");

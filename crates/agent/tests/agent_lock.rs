@@ -211,6 +211,36 @@ fn the_supervised_worker_dies_with_a_sigkilled_parent() {
     .unwrap_or_else(|e| panic!("{e}: {}", dump_log(&solo.log)));
 }
 
+/// The supervisor is small (issue 15, footprint): after checking the
+/// configuration it replaces itself with `cplb supervisor`, one thread that
+/// only starts, waits for and signals workers. (Before: the whole agent's
+/// process, its multi-threaded runtime and everything planning touched,
+/// resident for the supervisor's life.)
+#[test]
+fn the_supervisor_is_one_thread_that_only_supervises() {
+    let solo = Solo::new("slim");
+    let supervisor = solo.start(&["--supervise"]);
+    let pid = solo.lab.child_pid(supervisor).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert_eq!(
+        args.get(1).map(String::as_str),
+        Some("supervisor"),
+        "{args:?}"
+    );
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    assert_eq!(threads, 1, "{}", dump_log(&solo.log));
+    // It still supervises: the worker under it serves.
+    let worker = solo.worker_of(supervisor);
+    assert!(!exited(worker));
+    solo.stop(supervisor);
+}
+
 /// Gone, or a zombie waiting for whoever adopted it.
 fn exited(pid: nix::unistd::Pid) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
