@@ -11,6 +11,6 @@ if [ "${SKIP_SETUP:-0}" != 1 ]; then
     scripts/setup
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --quiet -p cplb --bin cplb -p cplb-lab --bin cplb-lab
+cargo build --release --quiet -p cplb --bins -p cplb-lab --bin cplb-lab
 export CPLB_BIN="$CARGO_TARGET_DIR/release/cplb"
 echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -25,7 +25,7 @@ fi
 export CARGO_INCREMENTAL=0
 # The agent under test, from the repository's workspace ...
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --quiet -p cplb --bin cplb
+cargo build --release --quiet -p cplb --bins
 export CPLB_BIN="$CARGO_TARGET_DIR/release/cplb"
 # ... and the driver, a workspace of its own (never part of the test suite).
 cargo build --release --quiet --manifest-path bench/failover/Cargo.toml \

@@ -110,8 +110,30 @@ where
         spec: spec.clone(),
         source,
     })?;
+    Ok(formatted(format, filter, writer))
+}
+
+/// Installs a subscriber like [`init`]'s that filters by level only: for
+/// the supervisor, which is kept small (no directive parser: that is a
+/// regular-expression engine). A directive that is not a plain level
+/// (`cplb=debug,warn`) logs at [`DEFAULT_LEVEL`].
+pub fn init_by_level(format: LogFormat, level: Option<&str>) -> Result<(), LoggingError> {
+    use std::str::FromStr;
+    use tracing_subscriber::filter::LevelFilter;
+    let spec = filter_spec(level, |name| std::env::var(name).ok());
+    let filter = LevelFilter::from_str(&spec).unwrap_or(LevelFilter::INFO);
+    formatted(format, filter, std::io::stderr).try_init()?;
+    Ok(())
+}
+
+/// Our line format on top of `filter`.
+fn formatted<F, W>(format: LogFormat, filter: F, writer: W) -> Box<dyn Subscriber + Send + Sync>
+where
+    F: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let registry = tracing_subscriber::registry().with(filter);
-    Ok(match format {
+    match format {
         LogFormat::Logfmt => Box::new(
             registry.with(
                 tracing_subscriber::fmt::layer()
@@ -130,7 +152,7 @@ where
                     .with_writer(writer),
             ),
         ),
-    })
+    }
 }
 
 /// The filter directive: `level`, else the first non-empty variable of

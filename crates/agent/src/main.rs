@@ -78,15 +78,13 @@ enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
-    /// The supervising parent of `cplb run --supervise` (started by it).
+    /// The supervising parent of `cplb run --supervise` (started by it
+    /// when the small `cplb-supervisor` is not installed beside `cplb`).
     #[command(name = supervise::SUPERVISOR_COMMAND, hide = true)]
     Supervisor {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        lock_file: PathBuf,
-        #[command(flatten)]
-        log: LogArgs,
+        /// As `cplb-supervisor` takes them.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
     /// Show what the running agent is doing: VRRP instances, backends,
     /// rules (reads its admin endpoint's /status).
@@ -195,9 +193,10 @@ fn main() -> ExitCode {
                 };
                 if supervise {
                     let supervised = supervise::Supervised {
+                        agent: std::env::current_exe()?,
                         config,
                         lock_file,
-                        log,
+                        log_args: log.to_args(),
                     };
                     return Err(supervise::exec_supervisor(&supervised, &plan).into());
                 } else {
@@ -207,23 +206,7 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Supervisor {
-            config,
-            lock_file,
-            log,
-        } => {
-            log.init();
-            let supervised = supervise::Supervised {
-                config,
-                lock_file,
-                log,
-            };
-            // One thread: it waits for a child and for signals, nothing else.
-            block_on_current_thread(async {
-                supervise::supervise(&supervised).await?;
-                Ok(ExitCode::SUCCESS)
-            })
-        }
+        Command::Supervisor { args } => supervise::program(args),
         Command::Release {
             config,
             lock_file,
@@ -320,17 +303,6 @@ impl From<HostArg> for HostChoice {
 fn block_on(body: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     finish(
         tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the tokio runtime")
-            .and_then(|rt| rt.block_on(body)),
-    )
-}
-
-/// [`block_on`] on this thread alone.
-fn block_on_current_thread(body: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    finish(
-        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the tokio runtime")

@@ -35,6 +35,8 @@ struct Solo {
     config: PathBuf,
     lock: PathBuf,
     log: PathBuf,
+    /// The `cplb` run (the test build's by default).
+    binary: PathBuf,
     _scratch: Scratch,
 }
 
@@ -51,12 +53,13 @@ impl Solo {
             config,
             lock: scratch.path("cplb.lock"),
             log: scratch.path("c1.log"),
+            binary: PathBuf::from(CPLB),
             _scratch: scratch,
         }
     }
 
     fn cplb(&self, args: &[&str]) -> std::process::Command {
-        let mut cmd = self.lab.command_in(&self.c1.netns, CPLB);
+        let mut cmd = self.lab.command_in(&self.c1.netns, &self.binary);
         cmd.args(args)
             .arg("--config")
             .arg(&self.config)
@@ -86,16 +89,19 @@ impl Solo {
 
     /// The pid of the worker under `supervisor`.
     fn worker_of(&self, supervisor: ChildId) -> nix::unistd::Pid {
+        self.try_worker_of(supervisor)
+            .unwrap_or_else(|| panic!("no worker under the supervisor: {}", dump_log(&self.log)))
+    }
+
+    /// The pid of the one child of `supervisor`, if it has one.
+    fn try_worker_of(&self, supervisor: ChildId) -> Option<nix::unistd::Pid> {
         let parent = self.lab.child_pid(supervisor).unwrap().to_string();
         let out = std::process::Command::new("pgrep")
             .args(["-P", &parent])
             .output()
             .unwrap();
-        let worker: i32 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("worker pid of {parent}: {e}"));
-        nix::unistd::Pid::from_raw(worker)
+        let worker: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+        Some(nix::unistd::Pid::from_raw(worker))
     }
 
     fn holds_vip(&self) -> bool {
@@ -212,33 +218,65 @@ fn the_supervised_worker_dies_with_a_sigkilled_parent() {
 }
 
 /// The supervisor is small (issue 15, footprint): after checking the
-/// configuration it replaces itself with `cplb supervisor`, one thread that
-/// only starts, waits for and signals workers. (Before: the whole agent's
+/// configuration `cplb run --supervise` replaces itself with the
+/// `cplb-supervisor` program installed beside it, one thread that only
+/// starts, waits for and signals workers. (Before: the whole agent's
 /// process, its multi-threaded runtime and everything planning touched,
 /// resident for the supervisor's life.)
 #[test]
 fn the_supervisor_is_one_thread_that_only_supervises() {
     let solo = Solo::new("slim");
     let supervisor = solo.start(&["--supervise"]);
+    assert_slim_supervisor(&solo, supervisor, "cplb-supervisor", "--agent");
+    solo.stop(supervisor);
+}
+
+/// Without `cplb-supervisor` beside it, `cplb supervisor` does the same job.
+#[test]
+fn without_the_small_program_cplb_supervisor_does_the_same_job() {
+    let mut solo = Solo::new("slim-fallback");
+    // A hard link (current_exe() resolves symbolic ones) in a directory of
+    // its own, under the target directory: the same filesystem.
+    let alone =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("alone-{}", std::process::id()));
+    std::fs::create_dir_all(&alone).unwrap();
+    let binary = alone.join("cplb");
+    let _ = std::fs::remove_file(&binary);
+    std::fs::hard_link(CPLB, &binary).unwrap();
+    solo.binary = binary;
+    let supervisor = solo.start(&["--supervise"]);
+    assert_slim_supervisor(&solo, supervisor, "cplb", "supervisor");
+    // The handoff still works: the worker dies, the next one takes over.
+    let worker = solo.worker_of(supervisor);
+    nix::sys::signal::kill(worker, Signal::SIGKILL).unwrap();
+    wait_until("a new worker", Duration::from_secs(30), || {
+        solo.try_worker_of(supervisor).is_some_and(|w| w != worker)
+            && solo.holds_vip()
+            && solo.rules() == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", dump_log(&solo.log)));
+    solo.stop(supervisor);
+    let _ = std::fs::remove_dir_all(&alone);
+}
+
+/// `supervisor` runs `program` with `first` as its first argument, on one
+/// thread, with a worker under it.
+fn assert_slim_supervisor(solo: &Solo, supervisor: ChildId, program: &str, first: &str) {
     let pid = solo.lab.child_pid(supervisor).unwrap();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let args: Vec<String> = cmdline
         .split(|b| *b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    assert_eq!(
-        args.get(1).map(String::as_str),
-        Some("supervisor"),
+    assert!(
+        args[0].ends_with(&format!("/{program}")) && args.get(1).map(String::as_str) == Some(first),
         "{args:?}"
     );
     let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .count();
     assert_eq!(threads, 1, "{}", dump_log(&solo.log));
-    // It still supervises: the worker under it serves.
-    let worker = solo.worker_of(supervisor);
-    assert!(!exited(worker));
-    solo.stop(supervisor);
+    assert!(!exited(solo.worker_of(supervisor)));
 }
 
 /// Gone, or a zombie waiting for whoever adopted it.

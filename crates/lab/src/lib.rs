@@ -1009,7 +1009,8 @@ pub fn ipvs_agent_config(
 
 /// The `cplb` binary: `$CPLB_BIN`; else `cplb` next to the running
 /// executable (tests run from `target/<profile>/deps/`); else built with
-/// `$CARGO build -p cplb --bin cplb` for the same profile and target dir.
+/// `$CARGO build -p cplb --bins` (`cplb` and `cplb-supervisor`) for the
+/// same profile and target dir.
 pub fn locate_cplb() -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os("CPLB_BIN") {
         return Ok(PathBuf::from(path));
@@ -1034,7 +1035,7 @@ pub fn locate_cplb() -> Result<PathBuf, Error> {
         .unwrap_or_default();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "cplb", "--bin", "cplb", "--target-dir"])
+    cmd.args(["build", "-p", "cplb", "--bins", "--target-dir"])
         .arg(target_dir);
     match profile.as_str() {
         "debug" => {}
