@@ -146,6 +146,9 @@ def main():
         print("| stripped binary (MiB) | " + " | ".join(
             f"{sizes[n] / 2**20:.2f}" for n in ["cplb", "keepalived", "haproxy"])
             + f" | {(sizes['keepalived'] + sizes['haproxy']) / 2**20:.2f} |")
+        supervisor = Path(args.cplb).with_name("cplb-supervisor")
+        if supervisor.exists():
+            print(f"| stripped cplb-supervisor (MiB) | {stripped_size(supervisor) / 2**20:.2f} | | | |")
         med = {n: statistics.median(v) for n, v in ready.items()}
         print(f"| start → ready (ms, median of {args.reps}) | " + " | ".join(
             f"{med[n] * 1000:.0f}" for n in ["cplb", "keepalived", "haproxy"])
