@@ -18,7 +18,8 @@
 //! Start it with [`Driver::builder`]; [`release`] is the crash hand-off of
 //! a process that died as Master.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -437,6 +438,15 @@ struct Runner {
     announce_tokens: f64,
     /// When the bucket was last filled.
     announce_filled: Instant,
+    /// Each router's earliest timer as last read ([`Runner::rearm`]).
+    deadlines: Vec<Option<Instant>>,
+    /// When every router's timer was last read again.
+    last_full_rearm: Instant,
+    /// The same deadlines, earliest first, with stale entries (a deadline
+    /// since moved) skipped when they come up: the next timer without
+    /// asking every router at every wake-up (issue 15: with 255 instances
+    /// that scan was a fifth of a Backup's CPU).
+    timer_heap: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
 /// Frames still owed for one VIP of one instance.
@@ -528,10 +538,9 @@ impl Runner {
         let netlink = VipManager::new()?;
         check_vips_not_node_addresses(&netlink, &configs).await?;
         // Subscribe before reading any state, so no change falls in between.
-        let events = match netlink_buffer {
-            Some(bytes) => LinkEvents::subscribe_with_buffer(bytes)?,
-            None => LinkEvents::subscribe()?,
-        };
+        // Our own VIP adds and lease renewals are not read back (issue 15:
+        // a Master of 100 VIPs would be woken 100 times a second for them).
+        let events = LinkEvents::subscribe_ignoring_adds_of(&netlink, netlink_buffer)?;
         let mut groups: Vec<Group> = Vec::new();
         let mut instances = Vec::new();
         let mut oper_up = HashMap::new();
@@ -652,7 +661,11 @@ impl Runner {
             announcements: VecDeque::new(),
             announce_tokens: ANNOUNCE_BURST,
             announce_filled: now(),
+            deadlines: Vec::new(),
+            last_full_rearm: now(),
+            timer_heap: BinaryHeap::new(),
         };
+        driver.deadlines = vec![None; driver.instances.len()];
         let t = now();
         for index in 0..driver.instances.len() {
             let Some(instance) = driver.instances.get_mut(index) else {
@@ -741,9 +754,8 @@ impl Runner {
         loop {
             let publish_at = publish_pending.then(|| last_publish + PUBLISH_EVERY);
             let deadline = self
-                .instances
-                .iter()
-                .filter_map(|i| i.router.poll_timeout())
+                .next_router_timeout()
+                .into_iter()
                 .chain(publish_at)
                 .chain(Some(last_wake + HEARTBEAT))
                 .chain(self.resync_at)
@@ -864,15 +876,72 @@ impl Runner {
 
     async fn on_timeout(&mut self) {
         let t = now();
-        for index in 0..self.instances.len() {
+        // Once a heartbeat, every router is asked again: a timer change
+        // that missed `rearm` is late by a heartbeat at most.
+        if t >= self.last_full_rearm + HEARTBEAT {
+            self.last_full_rearm = t;
+            for index in 0..self.instances.len() {
+                self.rearm(index);
+            }
+        }
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, index))) = self.timer_heap.peek() {
+            if at > t {
+                break;
+            }
+            self.timer_heap.pop();
+            if let Some(slot) = self.deadlines.get_mut(index)
+                && *slot == Some(at)
+            {
+                // Consumed: `rearm` pushes whatever comes next.
+                *slot = None;
+                due.push(index);
+            }
+        }
+        // In configuration order, as before the heap.
+        due.sort_unstable();
+        due.dedup();
+        for index in due {
             let Some(instance) = self.instances.get_mut(index) else {
                 continue;
             };
+            // Still due: an earlier router's actions did not move it.
             if instance.router.poll_timeout().is_some_and(|at| at <= t) {
                 let actions = instance.router.handle_timeout(t);
                 self.apply(index, actions).await;
             }
+            self.rearm(index);
         }
+    }
+
+    /// Reads router `index`'s earliest timer again into the heap; called
+    /// after everything that may move it ([`apply`](Self::apply) runs after
+    /// every router call that returns actions).
+    fn rearm(&mut self, index: usize) {
+        let Some(instance) = self.instances.get(index) else {
+            return;
+        };
+        let at = instance.router.poll_timeout();
+        let Some(slot) = self.deadlines.get_mut(index) else {
+            return;
+        };
+        if *slot != at {
+            *slot = at;
+            if let Some(at) = at {
+                self.timer_heap.push(Reverse((at, index)));
+            }
+        }
+    }
+
+    /// The earliest router timer, dropping stale heap entries on the way.
+    fn next_router_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, index))) = self.timer_heap.peek() {
+            if self.deadlines.get(index) == Some(&Some(at)) {
+                return Some(at);
+            }
+            self.timer_heap.pop();
+        }
+        None
     }
 
     /// Handles one received packet; returns whether anything but counters
@@ -910,6 +979,8 @@ impl Runner {
             Err(reason) => {
                 instance.stats.count_reject(&reason);
                 debug!(component = "vrrp", vrid = advert.vrid, src = %packet.src, reason = reason.reason(), "advert rejected");
+                // A rejected advert should move no timer; cheap to be sure.
+                self.rearm(index);
                 false
             }
         }
@@ -1161,6 +1232,7 @@ impl Runner {
                 }
             }
         }
+        self.rearm(index);
     }
 
     /// Gives up mastership after repeated transmit failures; returns the
@@ -1256,28 +1328,29 @@ impl Runner {
         let lifetime = instance.config.lifetime();
         let vrid = instance.config.router.vrid;
         let label = instance.config.ipv6_addr_label;
-        let netlink = &self.netlink;
-        // Every VIP's request in flight at once, answers read as they come:
-        // one wake-up for many VIPs rather than one round trip each
-        // (issue 15: one instance with 100 VIPs renews 100 leases a second).
-        let adds = instance.vips.iter().map(|vip| async move {
-            let mut ok = true;
-            if let Err(e) = netlink.add_vip(instance.ifindex, *vip, lifetime).await {
+        // Every VIP's add (or lease renewal) in one netlink message batch:
+        // one system call and one answer for all of them (issue 15: one
+        // instance with 100 VIPs renews 100 leases a second).
+        let vips: Vec<(u32, Vip)> = instance
+            .vips
+            .iter()
+            .map(|vip| (instance.ifindex, *vip))
+            .collect();
+        let mut failed = 0;
+        for ((_, vip), added) in vips
+            .iter()
+            .zip(self.netlink.add_vips(&vips, lifetime).await)
+        {
+            if let Err(e) = added {
                 warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add VIP");
-                ok = false;
+                failed += 1;
             }
             if let (IpAddr::V6(addr), Some(label)) = (vip.addr, label)
-                && let Err(e) = netlink.add_addr_label(addr, 128, label).await
+                && let Err(e) = self.netlink.add_addr_label(addr, 128, label).await
             {
                 warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add address label");
             }
-            ok
-        });
-        let failed = futures_util::future::join_all(adds)
-            .await
-            .into_iter()
-            .filter(|ok| !ok)
-            .count() as u64;
+        }
         let Some(instance) = self.instances.get_mut(index) else {
             return false;
         };
