@@ -502,9 +502,11 @@ fn spawn_receiver(
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => return,
                     }
-                    // A receiver that always finds data never yields by
-                    // itself on a current-thread runtime.
-                    tokio::task::yield_now().await;
+                    // No yield here: the socket is drained until it would
+                    // block, so the driver wakes once for a burst, not once
+                    // per packet (issue 15). A socket that always has data
+                    // still yields: tokio's cooperative budget makes
+                    // `recv` return Pending after 128 packets.
                 }
                 Err(e) => {
                     // Usually transient (ENOBUFS, ENOMEM): keep the socket,
