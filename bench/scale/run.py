@@ -37,6 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 PROFILE_DIR = Path("/tmp/cplb-scale-profile")
+LEASE = "auto"  # cplb's VIP lease (--lease)
 NODES = {"master": ("192.0.2.10/24", 200), "backup": ("192.0.2.11/24", 100)}
 sys.path.insert(0, str(HERE.parent))
 import netnslab  # noqa: E402
@@ -90,6 +91,7 @@ def start(impl, node, scenario):
                 f"    priority: {priority}",
                 "    authPass: k0s",
                 f"    vips: [{', '.join(vips)}]",
+                f"    lease: {LEASE}",
             ]
         conf = d / "vrrpd.yaml"
         conf.write_text("\n".join(lines) + "\n")
@@ -238,7 +240,10 @@ def steady(impl, scenario, window, profile=None):
         want = set(all_vips(scenario))
         wait("the master to hold every VIP", lambda: want <= vips_on("master"))
         daemons["backup"] = start(impl, "backup", scenario)
-        time.sleep(5)  # the backup has heard a few adverts and settled
+        # The backup has heard a few adverts and settled, and the master's
+        # second gratuitous-ARP burst (5 s after it took over; cplb paces it
+        # over up to 2 s for 255 VIPs) is over: steady state only.
+        time.sleep(8)
         if not want <= vips_on("master") or vips_on("backup") & want:
             raise RuntimeError(f"{impl} {scenario}: VIPs not on the master alone")
         pids = {n: tree(p.pid) for n, p in daemons.items()}
@@ -324,8 +329,11 @@ def main():
                         "'perf stat -e task-clock,context-switches -p {pids} -o {out}' or "
                         "'strace -c -f {pid_args} -o {out}'; stopped with SIGINT (CPU then includes its cost)")
     parser.add_argument("--profile-dir", default="/tmp/cplb-scale-profile", help="where --profile writes {out}")
+    parser.add_argument("--lease", default="auto", help="cplb's VIP lease: auto (3 advert intervals, renewed "
+                        "with every advert) or off (keepalived's way), to measure what the renewals cost")
     args = parser.parse_args()
-    global PROFILE_DIR
+    global PROFILE_DIR, LEASE
+    LEASE = args.lease
     PROFILE_DIR = Path(args.profile_dir)
     PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:

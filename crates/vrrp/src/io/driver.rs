@@ -31,7 +31,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::netlink::{LinkEvent, LinkEvents, NetlinkError, Vip, VipManager};
+use super::netlink::{LinkEvent, LinkEvents, NetlinkError, Vip, VipLifetime, VipManager};
 use super::rx::{Classifier, InstanceStats, SocketStats};
 use super::socket::{PacketSocket, RecvdPacket, SocketError, VrrpSocket};
 use crate::fsm::{Action, PRIORITY_RESIGN, Reason, State, VirtualRouter};
@@ -40,6 +40,7 @@ use crate::wire::{
 };
 
 pub use super::config::{DEFAULT_ADDR_LABEL, InstanceConfig, InstanceConfigError, VipLease};
+use super::deadline::Deadline;
 pub use super::status::{Control, DriverStatus, InstanceStatus, SocketStatus};
 
 /// Why the driver could not start (once running, errors are logged and the
@@ -90,12 +91,20 @@ pub enum DriverError {
 /// interval that is within the Backups' Master_Down_Interval.
 const TX_FAULT_AFTER: u32 = 3;
 
-/// How often status is published at most while only counters change.
+/// How often status is published at most while only counters change. A
+/// counter-only change waits for a wake-up the driver has anyway (the next
+/// packet or timer, at the latest the [`HEARTBEAT`]) instead of one of its
+/// own (issue 15: every wake-up counts for an idle daemon). State changes
+/// are published at once.
 const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The driver's timer fires at least this often, so that
-/// [`DriverStatus::progress`] moves even while no router timer is due.
+/// The driver's loop turns at least this often, so that
+/// [`DriverStatus::progress`] moves even while nothing else happens.
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+/// A router timer due at most this long after the heartbeat stands in for
+/// it (its wake-up moves [`DriverStatus::progress`] too): a Master sending
+/// an advert a second wakes once a second, not twice.
+const HEARTBEAT_SLACK: std::time::Duration = std::time::Duration::from_millis(100);
 /// Gratuitous ARP / unsolicited NA frames sent at once at most, then
 /// [`ANNOUNCE_RATE`] a second: the first frame of every VIP of a 255-VIP
 /// takeover leaves at once, the other four rounds are spread out, so the
@@ -425,7 +434,14 @@ struct Runner {
     receivers: JoinSet<()>,
     status: StatusSink,
     control: Option<mpsc::Receiver<Control>>,
-    /// Timer wake-ups ([`DriverStatus::progress`]).
+    /// The timer of the loop: the earliest deadline.
+    deadline: Deadline,
+    /// Arming `deadline` failed: a tokio timer stands in.
+    deadline_failed: bool,
+    /// Instances whose adverts went out this wake-up and whose leases are
+    /// to be renewed ([`Runner::flush_renewals`]).
+    pending_renewals: Vec<usize>,
+    /// Turns of the loop ([`DriverStatus::progress`]).
     progress: u64,
     /// Link and address notifications lost to a full receive buffer.
     netlink_overruns: u64,
@@ -658,6 +674,9 @@ impl Runner {
             status,
             control: None,
             progress: 0,
+            pending_renewals: Vec::new(),
+            deadline: Deadline::new()?,
+            deadline_failed: false,
             netlink_overruns: 0,
             resync_at: None,
             announcements: VecDeque::new(),
@@ -679,6 +698,7 @@ impl Runner {
             }
             driver.apply(index, actions).await;
         }
+        driver.flush_renewals().await;
         driver.publish();
         Ok(driver)
     }
@@ -751,21 +771,36 @@ impl Runner {
 
     async fn run(&mut self, cancel: CancellationToken) {
         let mut last_publish = now();
-        let mut publish_pending = false;
         let mut last_wake = now();
         loop {
-            let publish_at = publish_pending.then(|| last_publish + PUBLISH_EVERY);
-            let deadline = self
-                .next_router_timeout()
+            let router = self.next_router_timeout();
+            let heartbeat = last_wake + HEARTBEAT;
+            let heartbeat =
+                (!router.is_some_and(|at| at <= heartbeat + HEARTBEAT_SLACK)).then_some(heartbeat);
+            let deadline = router
                 .into_iter()
-                .chain(publish_at)
-                .chain(Some(last_wake + HEARTBEAT))
+                .chain(heartbeat)
                 .chain(self.resync_at)
                 .chain(self.next_announce_at())
                 .min();
+            if let Err(e) = self.deadline.arm(deadline) {
+                // Never seen; the tokio timer below stands in.
+                warn!(component = "vrrp", error = %e, "cannot arm the driver's timerfd");
+                self.deadline_failed = true;
+            }
+            let fallback = self.deadline_failed;
+            let timer = &self.deadline;
             let sleep = async {
                 match deadline {
-                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    Some(at) if fallback => {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                    }
+                    Some(_) => {
+                        if let Err(e) = timer.expired().await {
+                            warn!(component = "vrrp", error = %e, "cannot read the driver's timerfd");
+                            tokio::time::sleep(RECV_ERROR_BACKOFF).await;
+                        }
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -778,9 +813,7 @@ impl Runner {
                 biased;
                 () = cancel.cancelled() => break,
                 () = sleep => {
-                    self.progress += 1;
                     let woke = now();
-                    last_wake = woke;
                     if deadline.is_some_and(|at| woke > at + LATE_WAKE_UP) {
                         self.read_waiting_packets().await;
                     }
@@ -821,16 +854,20 @@ impl Runner {
                     packet_only = !changed;
                 }
             }
+            // Every turn of the loop is progress; the heartbeat only fills a
+            // second without any (a Backup hearing one advert a second
+            // wakes once a second, not twice: issue 15).
+            self.progress += 1;
+            last_wake = now();
+            self.flush_renewals().await;
             self.send_announcements().await;
-            // Status at most every PUBLISH_EVERY while only counters move;
-            // state changes at once.
+            // Status at most every PUBLISH_EVERY while only counters move
+            // (what is held back goes out with a later wake-up); state
+            // changes at once.
             let t = now();
-            if packet_only && t < last_publish + PUBLISH_EVERY {
-                publish_pending = true;
-            } else {
+            if !packet_only || t >= last_publish + PUBLISH_EVERY {
                 self.publish();
                 last_publish = t;
-                publish_pending = false;
             }
         }
         self.shutdown().await;
@@ -1290,7 +1327,12 @@ impl Runner {
         } else {
             master && instance.config.lease != VipLease::Off
         };
-        renew && !self.add_vips(index).await
+        // Renewed with every other advert of this wake-up, in one netlink
+        // batch ([`flush_renewals`](Self::flush_renewals)).
+        if renew {
+            self.pending_renewals.push(index);
+        }
+        false
     }
 
     /// Sends `advert` to the instance's destinations and counts it;
@@ -1324,45 +1366,99 @@ impl Runner {
     /// Adds (or refreshes) the instance's VIPs and labels; returns false
     /// once [`TX_FAULT_AFTER`] adds in a row have failed.
     async fn add_vips(&mut self, index: usize) -> bool {
-        let Some(instance) = self.instances.get(index) else {
-            return false;
-        };
-        let lifetime = instance.config.lifetime();
-        let vrid = instance.config.router.vrid;
-        let label = instance.config.ipv6_addr_label;
-        // Every VIP's add (or lease renewal) in one netlink message batch:
-        // one system call and one answer for all of them (issue 15: one
-        // instance with 100 VIPs renews 100 leases a second).
-        let vips: Vec<(u32, Vip)> = instance
-            .vips
-            .iter()
-            .map(|vip| (instance.ifindex, *vip))
-            .collect();
-        let mut failed = 0;
-        for ((_, vip), added) in vips
-            .iter()
-            .zip(self.netlink.add_vips(&vips, lifetime).await)
-        {
-            if let Err(e) = added {
-                warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add VIP");
-                failed += 1;
-            }
-            if let (IpAddr::V6(addr), Some(label)) = (vip.addr, label)
-                && let Err(e) = self.netlink.add_addr_label(addr, 128, label).await
-            {
-                warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add address label");
+        self.add_vips_of(&[index])
+            .await
+            .first()
+            .is_some_and(|ok| *ok)
+    }
+
+    /// Renews the leases of the instances that sent an advert during this
+    /// wake-up and are still Master (a RemoveVips since wins), all in one
+    /// netlink batch: the instances of one node become Master together
+    /// and send their adverts together, so 255 renewals cost one system
+    /// call instead of 255 round trips (issue 15). An instance whose adds
+    /// failed [`TX_FAULT_AFTER`] times in a row gives up mastership here.
+    async fn flush_renewals(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending_renewals);
+        pending.sort_unstable();
+        pending.dedup();
+        pending.retain(|&i| {
+            self.instances
+                .get(i)
+                .is_some_and(|x| x.router.state() == State::Master && !x.probing)
+        });
+        if pending.is_empty() {
+            return;
+        }
+        let results = self.add_vips_of(&pending).await;
+        for (index, ok) in pending.into_iter().zip(results) {
+            if !ok {
+                let actions = self.tx_fault(index);
+                self.apply(index, actions).await;
             }
         }
-        let Some(instance) = self.instances.get_mut(index) else {
-            return false;
-        };
-        instance.stats.vip_errors += failed;
-        if failed == 0 {
-            instance.vip_failures = 0;
-            return true;
+    }
+
+    /// Adds (or refreshes) the VIPs and labels of each of `indexes`, in one
+    /// netlink batch per lease length; for each, false once
+    /// [`TX_FAULT_AFTER`] adds in a row have failed.
+    async fn add_vips_of(&mut self, indexes: &[usize]) -> Vec<bool> {
+        // (lifetime, VIPs, the instance of each VIP)
+        let mut batches: Vec<(VipLifetime, Vec<(u32, Vip)>, Vec<usize>)> = Vec::new();
+        for &index in indexes {
+            let Some(instance) = self.instances.get(index) else {
+                continue;
+            };
+            let lifetime = instance.config.lifetime();
+            let at = match batches.iter().position(|b| b.0 == lifetime) {
+                Some(at) => at,
+                None => {
+                    batches.push((lifetime, Vec::new(), Vec::new()));
+                    batches.len() - 1
+                }
+            };
+            if let Some((_, vips, owners)) = batches.get_mut(at) {
+                for vip in &instance.vips {
+                    vips.push((instance.ifindex, *vip));
+                    owners.push(index);
+                }
+            }
         }
-        instance.vip_failures = instance.vip_failures.saturating_add(1);
-        instance.vip_failures < TX_FAULT_AFTER
+        let mut failed: HashMap<usize, u64> = HashMap::new();
+        for (lifetime, vips, owners) in &batches {
+            let results = self.netlink.add_vips(vips, *lifetime).await;
+            for (((_, vip), owner), added) in vips.iter().zip(owners).zip(results) {
+                let Some(instance) = self.instances.get(*owner) else {
+                    continue;
+                };
+                let vrid = instance.config.router.vrid;
+                if let Err(e) = added {
+                    warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add VIP");
+                    *failed.entry(*owner).or_default() += 1;
+                }
+                if let (IpAddr::V6(addr), Some(label)) = (vip.addr, instance.config.ipv6_addr_label)
+                    && let Err(e) = self.netlink.add_addr_label(addr, 128, label).await
+                {
+                    warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add address label");
+                }
+            }
+        }
+        indexes
+            .iter()
+            .map(|index| {
+                let Some(instance) = self.instances.get_mut(*index) else {
+                    return false;
+                };
+                let failed = failed.get(index).copied().unwrap_or(0);
+                instance.stats.vip_errors += failed;
+                if failed == 0 {
+                    instance.vip_failures = 0;
+                    return true;
+                }
+                instance.vip_failures = instance.vip_failures.saturating_add(1);
+                instance.vip_failures < TX_FAULT_AFTER
+            })
+            .collect()
     }
 
     async fn remove_vips(&self, index: usize) {
