@@ -465,6 +465,10 @@ struct Runner {
     timer_heap: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
+/// VIP adds of one lease length: the lifetime, the `(ifindex, VIP)`s, and
+/// the instance each VIP belongs to.
+type RenewalBatch = (VipLifetime, Vec<(u32, Vip)>, Vec<usize>);
+
 /// Frames still owed for one VIP of one instance.
 #[derive(Debug, Clone, Copy)]
 struct PendingAnnounce {
@@ -775,8 +779,9 @@ impl Runner {
         loop {
             let router = self.next_router_timeout();
             let heartbeat = last_wake + HEARTBEAT;
-            let heartbeat =
-                (!router.is_some_and(|at| at <= heartbeat + HEARTBEAT_SLACK)).then_some(heartbeat);
+            let heartbeat = router
+                .is_none_or(|at| at > heartbeat + HEARTBEAT_SLACK)
+                .then_some(heartbeat);
             let deadline = router
                 .into_iter()
                 .chain(heartbeat)
@@ -1403,8 +1408,7 @@ impl Runner {
     /// netlink batch per lease length; for each, false once
     /// [`TX_FAULT_AFTER`] adds in a row have failed.
     async fn add_vips_of(&mut self, indexes: &[usize]) -> Vec<bool> {
-        // (lifetime, VIPs, the instance of each VIP)
-        let mut batches: Vec<(VipLifetime, Vec<(u32, Vip)>, Vec<usize>)> = Vec::new();
+        let mut batches: Vec<RenewalBatch> = Vec::new();
         for &index in indexes {
             let Some(instance) = self.instances.get(index) else {
                 continue;
