@@ -67,6 +67,14 @@ impl Deadline {
         Ok(())
     }
 
+    /// Forgets what was armed, so that the next [`arm`](Self::arm) sets the
+    /// timer whatever the deadline: called once it fired (a one-shot timer
+    /// that fired is disarmed; were the same deadline asked for again, it
+    /// must fire again at once, not never).
+    pub(crate) fn fired(&mut self) {
+        self.armed = None;
+    }
+
     /// Completes once the armed deadline has passed (never while
     /// disarmed). Re-arming resets a pending expiry (the kernel clears the
     /// count), so a stale readiness is read as `EAGAIN` and waited out.
@@ -101,4 +109,59 @@ fn register(timer: TimerFd) -> std::io::Result<AsyncFd<Timer>> {
     // open and the same for as long as the `TimerFd` lives, which is as long
     // as the `AsyncFd` that takes ownership of it here.
     unsafe { AsyncFd::register(Timer(timer)) }.map_err(|e| e.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Bounded: a timer that never fires fails the test instead of hanging.
+    async fn fires(deadline: &Deadline) {
+        tokio::time::timeout(Duration::from_secs(10), deadline.expired())
+            .await
+            .expect("the timerfd did not fire")
+            .unwrap();
+    }
+
+    #[test]
+    fn fires_for_a_deadline_again_once_told_it_fired() {
+        runtime().block_on(async {
+            let mut deadline = Deadline::new().unwrap();
+            let at = Instant::now() + Duration::from_millis(5);
+            deadline.arm(Some(at)).unwrap();
+            fires(&deadline).await;
+            // The same (now past) deadline again: without `fired` the arm
+            // would be skipped and the one-shot timer never fire again.
+            deadline.fired();
+            deadline.arm(Some(at)).unwrap();
+            fires(&deadline).await;
+        });
+    }
+
+    #[test]
+    fn a_moved_deadline_replaces_the_pending_one() {
+        runtime().block_on(async {
+            let mut deadline = Deadline::new().unwrap();
+            // Far away, then moved close: it fires for the close one.
+            deadline
+                .arm(Some(Instant::now() + Duration::from_secs(3600)))
+                .unwrap();
+            deadline
+                .arm(Some(Instant::now() + Duration::from_millis(5)))
+                .unwrap();
+            fires(&deadline).await;
+            // Disarmed: nothing fires.
+            deadline.fired();
+            deadline.arm(None).unwrap();
+            let waited = tokio::time::timeout(Duration::from_millis(50), deadline.expired()).await;
+            assert!(waited.is_err(), "a disarmed timer fired");
+        });
+    }
 }

@@ -818,6 +818,7 @@ impl Runner {
                 biased;
                 () = cancel.cancelled() => break,
                 () = sleep => {
+                    self.deadline.fired();
                     let woke = now();
                     if deadline.is_some_and(|at| woke > at + LATE_WAKE_UP) {
                         self.read_waiting_packets().await;
