@@ -1333,7 +1333,7 @@ impl Runner {
         } else {
             master && instance.config.lease != VipLease::Off
         };
-        // Renewed with every other advert of this wake-up, in one netlink
+        // Renewed together with the other adverts of this wake-up, in one netlink
         // batch ([`flush_renewals`](Self::flush_renewals)).
         if renew {
             self.pending_renewals.push(index);
