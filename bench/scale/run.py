@@ -36,6 +36,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+PROFILE_DIR = Path("/tmp/cplb-scale-profile")
+LEASE = "auto"  # cplb's VIP lease (--lease)
 NODES = {"master": ("192.0.2.10/24", 200), "backup": ("192.0.2.11/24", 100)}
 sys.path.insert(0, str(HERE.parent))
 import netnslab  # noqa: E402
@@ -89,6 +91,7 @@ def start(impl, node, scenario):
                 f"    priority: {priority}",
                 "    authPass: k0s",
                 f"    vips: [{', '.join(vips)}]",
+                f"    lease: {LEASE}",
             ]
         conf = d / "vrrpd.yaml"
         conf.write_text("\n".join(lines) + "\n")
@@ -204,7 +207,32 @@ def wait(what, condition, timeout=60.0, step=0.05):
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def steady(impl, scenario, window):
+def start_profilers(template, pids, impl, scenario):
+    """One profiler per node over the window (`--profile`): `template` with
+    {pids} (the node's process tree, comma-separated), {pid_args} (the same
+    as `-p PID` pairs, for strace) and {out} (a file under --profile-dir)."""
+    profilers = []
+    for node, tree_pids in pids.items():
+        out = PROFILE_DIR / f"{impl}-{scenario}-{node}.txt"
+        cmd = template.format(pids=",".join(map(str, tree_pids)), out=out,
+                              pid_args=" ".join(f"-p {p}" for p in tree_pids))
+        log = open(out.with_suffix(".log"), "w")
+        profilers.append(subprocess.Popen(cmd, shell=True, stdout=log, stderr=log, start_new_session=True))
+    return profilers
+
+
+def stop_profilers(profilers):
+    for p in profilers:
+        os.killpg(p.pid, signal.SIGINT)
+    for p in profilers:
+        try:
+            p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def steady(impl, scenario, window, profile=None):
     """CPU and memory of master and backup over `window` seconds."""
     daemons = {}
     try:
@@ -212,12 +240,17 @@ def steady(impl, scenario, window):
         want = set(all_vips(scenario))
         wait("the master to hold every VIP", lambda: want <= vips_on("master"))
         daemons["backup"] = start(impl, "backup", scenario)
-        time.sleep(5)  # the backup has heard a few adverts and settled
+        # The backup has heard a few adverts and settled, and the master's
+        # second gratuitous-ARP burst (5 s after it took over; cplb paces it
+        # over up to 2 s for 255 VIPs) is over: steady state only.
+        time.sleep(8)
         if not want <= vips_on("master") or vips_on("backup") & want:
             raise RuntimeError(f"{impl} {scenario}: VIPs not on the master alone")
         pids = {n: tree(p.pid) for n, p in daemons.items()}
+        profilers = start_profilers(profile, pids, impl, scenario) if profile else []
         before = {n: cpu_seconds(p) for n, p in pids.items()}
         time.sleep(window)
+        stop_profilers(profilers)
         pids = {n: tree(p.pid) for n, p in daemons.items()}
         result = {}
         for n in daemons:
@@ -291,7 +324,18 @@ def main():
     parser.add_argument("--reps", type=int, default=1, help="repetitions of each measurement (median)")
     parser.add_argument("--scenarios", default="50x1,255x1,1x100")
     parser.add_argument("--no-takeover", action="store_true")
+    parser.add_argument("--impls", default="keepalived,cplb", help="implementations measured")
+    parser.add_argument("--profile", help="shell command run per node over each window, e.g. "
+                        "'perf stat -e task-clock,context-switches -p {pids} -o {out}' or "
+                        "'strace -c -f {pid_args} -o {out}'; stopped with SIGINT (CPU then includes its cost)")
+    parser.add_argument("--profile-dir", default="/tmp/cplb-scale-profile", help="where --profile writes {out}")
+    parser.add_argument("--lease", default="auto", help="cplb's VIP lease: auto (3 advert intervals, renewed "
+                        "with every advert) or off (keepalived's way), to measure what the renewals cost")
     args = parser.parse_args()
+    global PROFILE_DIR, LEASE
+    LEASE = args.lease
+    PROFILE_DIR = Path(args.profile_dir)
+    PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds network namespaces")
     for tool in ["tcpdump", "keepalived"]:
@@ -305,8 +349,8 @@ def main():
     rows = []
     for scenario in args.scenarios.split(","):
         res = {}
-        for impl in ["keepalived", "cplb"]:
-            samples = [steady(impl, scenario, args.window) for _ in range(args.reps)]
+        for impl in args.impls.split(","):
+            samples = [steady(impl, scenario, args.window, args.profile) for _ in range(args.reps)]
             res[impl] = {
                 n: tuple(statistics.median(s[n][k] for s in samples) for k in range(3)) for n in NODES
             }
@@ -315,6 +359,8 @@ def main():
                 print(f"{scenario:6} {impl:10} {n:6} cpu {cpu:.3f} s  rss {rss} KiB  pss {pss} KiB",
                       file=sys.stderr, flush=True)
         rows.append((scenario, res))
+    if set(args.impls.split(",")) != {"keepalived", "cplb"}:
+        return  # no ratios without both
     print(f"\nkeepalived {kv} vs cplb vrrpd; CPU over {args.window:.0f} s of steady state "
           f"(median of {args.reps}); memory at the end\n")
     print("| scenario | node | keepalived CPU (ms) | cplb CPU (ms) | CPU ratio | keepalived RSS / PSS (MiB) "

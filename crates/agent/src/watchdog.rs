@@ -3,8 +3,8 @@
 //! (issue 14, finding 3).
 //!
 //! The driver's [`progress`](cplb_vrrp::io::driver::DriverStatus::progress)
-//! counter moves each time its timer fires (adverts, Master_Down timers, and
-//! a heartbeat at least every second). A ping is due once half of
+//! counter moves with each turn of its loop (adverts, packets, timers, and
+//! a heartbeat when nothing else came for a second). A ping is due once half of
 //! `WatchdogSec` has passed since the last one *and* the counter has moved
 //! since then; a driver that is stuck (a send that never completes, a
 //! starved runtime) therefore stops the pings, and systemd restarts the

@@ -196,6 +196,60 @@ fn adding_again_refreshes_the_lease() {
 }
 
 #[test]
+fn adds_many_vips_in_one_batch_and_reports_each_failure() {
+    // Issue 15: a Master renews every lease with one netlink batch. The
+    // kernel answers only the last request and the failed ones: each
+    // answer must land on its own VIP.
+    with_host(async |lab, host| {
+        let vips = VipManager::new().unwrap();
+        let index = vips.interface("eth0").await.unwrap().index;
+        let lease = VipLifetime::lease(Duration::from_secs(60));
+        // 300 VIPs: more than one datagram's worth (256).
+        let mut batch: Vec<(u32, Vip)> = (0..300u32)
+            .map(|i| {
+                (
+                    index,
+                    vip(&format!("198.51.{}.{}/32", 100 + i / 250, 1 + i % 250)),
+                )
+            })
+            .collect();
+        // No interface 999999: ENODEV for those two alone, one of them last.
+        batch.insert(7, (999_999, vip("198.51.102.1/32")));
+        batch.push((999_999, vip("198.51.102.2/32")));
+        let results = vips.add_vips(&batch, lease).await;
+        assert_eq!(results.len(), batch.len());
+        for (i, ((ifindex, v), result)) in batch.iter().zip(&results).enumerate() {
+            if *ifindex == 999_999 {
+                let Err(NetlinkError::Batch { source, .. }) = result else {
+                    panic!("#{i} {v}: {result:?}");
+                };
+                assert_eq!(source.raw_os_error(), Some(ENODEV), "#{i} {v}");
+            } else {
+                assert!(result.is_ok(), "#{i} {v}: {result:?}");
+            }
+        }
+        let present = lab.addresses(&host.netns, "eth0").unwrap();
+        for (ifindex, v) in &batch {
+            let found = present.iter().find(|a| a.ip == v.addr);
+            if *ifindex == 999_999 {
+                assert!(found.is_none(), "{v}");
+            } else {
+                assert!(
+                    found.is_some_and(|a| a.valid_lft.is_some()),
+                    "{v} not leased"
+                );
+            }
+        }
+        // A second round replaces them all.
+        let again: Vec<(u32, Vip)> = batch.iter().copied().filter(|(i, _)| *i == index).collect();
+        assert!(vips.add_vips(&again, lease).await.iter().all(Result::is_ok));
+    });
+}
+
+/// errno-base.h
+const ENODEV: i32 = 19;
+
+#[test]
 fn removes_stale_configured_vips_only() {
     with_host(async |lab, host| {
         let vips = VipManager::new().unwrap();
@@ -352,6 +406,45 @@ fn reports_link_and_address_events() {
         lab.set_host_link("a", false).unwrap();
         let down = next_matching(&mut events, |e| matches!(e, LinkEvent::LinkDown(_))).await;
         assert_eq!(down, LinkEvent::LinkDown(index));
+    });
+}
+
+#[test]
+fn own_ipv4_vip_adds_are_not_read_back() {
+    // Issue 15: a Master renews each VIP's lease with every advert; the
+    // kernel's notification of that add must not wake the event listener.
+    with_host(async |lab, host| {
+        let ours = VipManager::new().unwrap();
+        let index = ours.interface("eth0").await.unwrap().index;
+        let mut events = LinkEvents::subscribe_ignoring_adds_of(&ours, None).unwrap();
+        let lease = VipLifetime::lease(Duration::from_secs(60));
+        ours.add_vip(index, vip("192.0.2.107/32"), lease)
+            .await
+            .unwrap();
+        ours.add_vip(index, vip("192.0.2.107/32"), lease)
+            .await
+            .unwrap();
+        // Someone else's add, then someone removing ours: both seen, and
+        // nothing of our two adds before them.
+        lab.ip(
+            &host.netns,
+            ["addr", "add", "192.0.2.108/32", "dev", "eth0"],
+        )
+        .unwrap();
+        lab.ip(
+            &host.netns,
+            ["addr", "del", "192.0.2.107/32", "dev", "eth0"],
+        )
+        .unwrap();
+        let v4 = |e: &LinkEvent| matches!(e, LinkEvent::AddressAdded(_, a) | LinkEvent::AddressRemoved(_, a) if a.is_ipv4());
+        assert_eq!(
+            next_matching(&mut events, v4).await,
+            LinkEvent::AddressAdded(index, ip("192.0.2.108"))
+        );
+        assert_eq!(
+            next_matching(&mut events, v4).await,
+            LinkEvent::AddressRemoved(index, ip("192.0.2.107"))
+        );
     });
 }
 

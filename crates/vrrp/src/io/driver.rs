@@ -18,7 +18,8 @@
 //! Start it with [`Driver::builder`]; [`release`] is the crash hand-off of
 //! a process that died as Master.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +31,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::netlink::{LinkEvent, LinkEvents, NetlinkError, Vip, VipManager};
+use super::netlink::{LinkEvent, LinkEvents, NetlinkError, Vip, VipLifetime, VipManager};
 use super::rx::{Classifier, InstanceStats, SocketStats};
 use super::socket::{PacketSocket, RecvdPacket, SocketError, VrrpSocket};
 use crate::fsm::{Action, PRIORITY_RESIGN, Reason, State, VirtualRouter};
@@ -39,6 +40,7 @@ use crate::wire::{
 };
 
 pub use super::config::{DEFAULT_ADDR_LABEL, InstanceConfig, InstanceConfigError, VipLease};
+use super::deadline::Deadline;
 pub use super::status::{Control, DriverStatus, InstanceStatus, SocketStatus};
 
 /// Why the driver could not start (once running, errors are logged and the
@@ -89,12 +91,20 @@ pub enum DriverError {
 /// interval that is within the Backups' Master_Down_Interval.
 const TX_FAULT_AFTER: u32 = 3;
 
-/// How often status is published at most while only counters change.
+/// How often status is published at most while only counters change. A
+/// counter-only change waits for a wake-up the driver has anyway (the next
+/// packet or timer, at the latest the [`HEARTBEAT`]) instead of one of its
+/// own (issue 15: every wake-up counts for an idle daemon). State changes
+/// are published at once.
 const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The driver's timer fires at least this often, so that
-/// [`DriverStatus::progress`] moves even while no router timer is due.
+/// The driver's loop turns at least this often, so that
+/// [`DriverStatus::progress`] moves even while nothing else happens.
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+/// A router timer due at most this long after the heartbeat stands in for
+/// it (its wake-up moves [`DriverStatus::progress`] too): a Master sending
+/// an advert a second wakes once a second, not twice.
+const HEARTBEAT_SLACK: std::time::Duration = std::time::Duration::from_millis(100);
 /// Gratuitous ARP / unsolicited NA frames sent at once at most, then
 /// [`ANNOUNCE_RATE`] a second: the first frame of every VIP of a 255-VIP
 /// takeover leaves at once, the other four rounds are spread out, so the
@@ -424,7 +434,14 @@ struct Runner {
     receivers: JoinSet<()>,
     status: StatusSink,
     control: Option<mpsc::Receiver<Control>>,
-    /// Timer wake-ups ([`DriverStatus::progress`]).
+    /// The timer of the loop: the earliest deadline.
+    deadline: Deadline,
+    /// Arming `deadline` failed: a tokio timer stands in.
+    deadline_failed: bool,
+    /// Instances whose adverts went out this wake-up and whose leases are
+    /// to be renewed ([`Runner::flush_renewals`]).
+    pending_renewals: Vec<usize>,
+    /// Turns of the loop ([`DriverStatus::progress`]).
     progress: u64,
     /// Link and address notifications lost to a full receive buffer.
     netlink_overruns: u64,
@@ -437,7 +454,20 @@ struct Runner {
     announce_tokens: f64,
     /// When the bucket was last filled.
     announce_filled: Instant,
+    /// Each router's earliest timer as last read ([`Runner::rearm`]).
+    deadlines: Vec<Option<Instant>>,
+    /// When every router's timer was last read again.
+    last_full_rearm: Instant,
+    /// The same deadlines, earliest first, with stale entries (a deadline
+    /// since moved) skipped when they come up: the next timer without
+    /// asking every router at every wake-up (issue 15: with 255 instances
+    /// that scan was a fifth of a Backup's CPU).
+    timer_heap: BinaryHeap<Reverse<(Instant, usize)>>,
 }
+
+/// VIP adds of one lease length: the lifetime, the `(ifindex, VIP)`s, and
+/// the instance each VIP belongs to.
+type RenewalBatch = (VipLifetime, Vec<(u32, Vip)>, Vec<usize>);
 
 /// Frames still owed for one VIP of one instance.
 #[derive(Debug, Clone, Copy)]
@@ -492,9 +522,11 @@ fn spawn_receiver(
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => return,
                     }
-                    // A receiver that always finds data never yields by
-                    // itself on a current-thread runtime.
-                    tokio::task::yield_now().await;
+                    // No yield here: the socket is drained until it would
+                    // block, so the driver wakes once for a burst, not once
+                    // per packet (issue 15). A socket that always has data
+                    // still yields: tokio's cooperative budget makes
+                    // `recv` return Pending after 128 packets.
                 }
                 Err(e) => {
                     // Usually transient (ENOBUFS, ENOMEM): keep the socket,
@@ -528,10 +560,9 @@ impl Runner {
         let netlink = VipManager::new()?;
         check_vips_not_node_addresses(&netlink, &configs).await?;
         // Subscribe before reading any state, so no change falls in between.
-        let events = match netlink_buffer {
-            Some(bytes) => LinkEvents::subscribe_with_buffer(bytes)?,
-            None => LinkEvents::subscribe()?,
-        };
+        // Our own VIP adds and lease renewals are not read back (issue 15:
+        // a Master of 100 VIPs would be woken 100 times a second for them).
+        let events = LinkEvents::subscribe_ignoring_adds_of(&netlink, netlink_buffer)?;
         let mut groups: Vec<Group> = Vec::new();
         let mut instances = Vec::new();
         let mut oper_up = HashMap::new();
@@ -647,12 +678,19 @@ impl Runner {
             status,
             control: None,
             progress: 0,
+            pending_renewals: Vec::new(),
+            deadline: Deadline::new()?,
+            deadline_failed: false,
             netlink_overruns: 0,
             resync_at: None,
             announcements: VecDeque::new(),
             announce_tokens: ANNOUNCE_BURST,
             announce_filled: now(),
+            deadlines: Vec::new(),
+            last_full_rearm: now(),
+            timer_heap: BinaryHeap::new(),
         };
+        driver.deadlines = vec![None; driver.instances.len()];
         let t = now();
         for index in 0..driver.instances.len() {
             let Some(instance) = driver.instances.get_mut(index) else {
@@ -664,6 +702,7 @@ impl Runner {
             }
             driver.apply(index, actions).await;
         }
+        driver.flush_renewals().await;
         driver.publish();
         Ok(driver)
     }
@@ -736,22 +775,37 @@ impl Runner {
 
     async fn run(&mut self, cancel: CancellationToken) {
         let mut last_publish = now();
-        let mut publish_pending = false;
         let mut last_wake = now();
         loop {
-            let publish_at = publish_pending.then(|| last_publish + PUBLISH_EVERY);
-            let deadline = self
-                .instances
-                .iter()
-                .filter_map(|i| i.router.poll_timeout())
-                .chain(publish_at)
-                .chain(Some(last_wake + HEARTBEAT))
+            let router = self.next_router_timeout();
+            let heartbeat = last_wake + HEARTBEAT;
+            let heartbeat = router
+                .is_none_or(|at| at > heartbeat + HEARTBEAT_SLACK)
+                .then_some(heartbeat);
+            let deadline = router
+                .into_iter()
+                .chain(heartbeat)
                 .chain(self.resync_at)
                 .chain(self.next_announce_at())
                 .min();
+            if let Err(e) = self.deadline.arm(deadline) {
+                // Never seen; the tokio timer below stands in.
+                warn!(component = "vrrp", error = %e, "cannot arm the driver's timerfd");
+                self.deadline_failed = true;
+            }
+            let fallback = self.deadline_failed;
+            let timer = &self.deadline;
             let sleep = async {
                 match deadline {
-                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    Some(at) if fallback => {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                    }
+                    Some(_) => {
+                        if let Err(e) = timer.expired().await {
+                            warn!(component = "vrrp", error = %e, "cannot read the driver's timerfd");
+                            tokio::time::sleep(RECV_ERROR_BACKOFF).await;
+                        }
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -764,9 +818,8 @@ impl Runner {
                 biased;
                 () = cancel.cancelled() => break,
                 () = sleep => {
-                    self.progress += 1;
+                    self.deadline.fired();
                     let woke = now();
-                    last_wake = woke;
                     if deadline.is_some_and(|at| woke > at + LATE_WAKE_UP) {
                         self.read_waiting_packets().await;
                     }
@@ -807,16 +860,20 @@ impl Runner {
                     packet_only = !changed;
                 }
             }
+            // Every turn of the loop is progress; the heartbeat only fills a
+            // second without any (a Backup hearing one advert a second
+            // wakes once a second, not twice: issue 15).
+            self.progress += 1;
+            last_wake = now();
+            self.flush_renewals().await;
             self.send_announcements().await;
-            // Status at most every PUBLISH_EVERY while only counters move;
-            // state changes at once.
+            // Status at most every PUBLISH_EVERY while only counters move
+            // (what is held back goes out with a later wake-up); state
+            // changes at once.
             let t = now();
-            if packet_only && t < last_publish + PUBLISH_EVERY {
-                publish_pending = true;
-            } else {
+            if !packet_only || t >= last_publish + PUBLISH_EVERY {
                 self.publish();
                 last_publish = t;
-                publish_pending = false;
             }
         }
         self.shutdown().await;
@@ -864,15 +921,72 @@ impl Runner {
 
     async fn on_timeout(&mut self) {
         let t = now();
-        for index in 0..self.instances.len() {
+        // Once a heartbeat, every router is asked again: a timer change
+        // that missed `rearm` is late by a heartbeat at most.
+        if t >= self.last_full_rearm + HEARTBEAT {
+            self.last_full_rearm = t;
+            for index in 0..self.instances.len() {
+                self.rearm(index);
+            }
+        }
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, index))) = self.timer_heap.peek() {
+            if at > t {
+                break;
+            }
+            self.timer_heap.pop();
+            if let Some(slot) = self.deadlines.get_mut(index)
+                && *slot == Some(at)
+            {
+                // Consumed: `rearm` pushes whatever comes next.
+                *slot = None;
+                due.push(index);
+            }
+        }
+        // In configuration order, as before the heap.
+        due.sort_unstable();
+        due.dedup();
+        for index in due {
             let Some(instance) = self.instances.get_mut(index) else {
                 continue;
             };
+            // Still due: an earlier router's actions did not move it.
             if instance.router.poll_timeout().is_some_and(|at| at <= t) {
                 let actions = instance.router.handle_timeout(t);
                 self.apply(index, actions).await;
             }
+            self.rearm(index);
         }
+    }
+
+    /// Reads router `index`'s earliest timer again into the heap; called
+    /// after everything that may move it ([`apply`](Self::apply) runs after
+    /// every router call that returns actions).
+    fn rearm(&mut self, index: usize) {
+        let Some(instance) = self.instances.get(index) else {
+            return;
+        };
+        let at = instance.router.poll_timeout();
+        let Some(slot) = self.deadlines.get_mut(index) else {
+            return;
+        };
+        if *slot != at {
+            *slot = at;
+            if let Some(at) = at {
+                self.timer_heap.push(Reverse((at, index)));
+            }
+        }
+    }
+
+    /// The earliest router timer, dropping stale heap entries on the way.
+    fn next_router_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, index))) = self.timer_heap.peek() {
+            if self.deadlines.get(index) == Some(&Some(at)) {
+                return Some(at);
+            }
+            self.timer_heap.pop();
+        }
+        None
     }
 
     /// Handles one received packet; returns whether anything but counters
@@ -910,6 +1024,8 @@ impl Runner {
             Err(reason) => {
                 instance.stats.count_reject(&reason);
                 debug!(component = "vrrp", vrid = advert.vrid, src = %packet.src, reason = reason.reason(), "advert rejected");
+                // A rejected advert should move no timer; cheap to be sure.
+                self.rearm(index);
                 false
             }
         }
@@ -1161,6 +1277,7 @@ impl Runner {
                 }
             }
         }
+        self.rearm(index);
     }
 
     /// Gives up mastership after repeated transmit failures; returns the
@@ -1216,7 +1333,12 @@ impl Runner {
         } else {
             master && instance.config.lease != VipLease::Off
         };
-        renew && !self.add_vips(index).await
+        // Renewed together with the other adverts of this wake-up, in one netlink
+        // batch ([`flush_renewals`](Self::flush_renewals)).
+        if renew {
+            self.pending_renewals.push(index);
+        }
+        false
     }
 
     /// Sends `advert` to the instance's destinations and counts it;
@@ -1250,44 +1372,98 @@ impl Runner {
     /// Adds (or refreshes) the instance's VIPs and labels; returns false
     /// once [`TX_FAULT_AFTER`] adds in a row have failed.
     async fn add_vips(&mut self, index: usize) -> bool {
-        let Some(instance) = self.instances.get(index) else {
-            return false;
-        };
-        let lifetime = instance.config.lifetime();
-        let vrid = instance.config.router.vrid;
-        let label = instance.config.ipv6_addr_label;
-        let netlink = &self.netlink;
-        // Every VIP's request in flight at once, answers read as they come:
-        // one wake-up for many VIPs rather than one round trip each
-        // (issue 15: one instance with 100 VIPs renews 100 leases a second).
-        let adds = instance.vips.iter().map(|vip| async move {
-            let mut ok = true;
-            if let Err(e) = netlink.add_vip(instance.ifindex, *vip, lifetime).await {
-                warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add VIP");
-                ok = false;
-            }
-            if let (IpAddr::V6(addr), Some(label)) = (vip.addr, label)
-                && let Err(e) = netlink.add_addr_label(addr, 128, label).await
-            {
-                warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add address label");
-            }
-            ok
-        });
-        let failed = futures_util::future::join_all(adds)
+        self.add_vips_of(&[index])
             .await
-            .into_iter()
-            .filter(|ok| !ok)
-            .count() as u64;
-        let Some(instance) = self.instances.get_mut(index) else {
-            return false;
-        };
-        instance.stats.vip_errors += failed;
-        if failed == 0 {
-            instance.vip_failures = 0;
-            return true;
+            .first()
+            .is_some_and(|ok| *ok)
+    }
+
+    /// Renews the leases of the instances that sent an advert during this
+    /// wake-up and are still Master (a RemoveVips since wins), all in one
+    /// netlink batch: the instances of one node become Master together
+    /// and send their adverts together, so 255 renewals cost one system
+    /// call instead of 255 round trips (issue 15). An instance whose adds
+    /// failed [`TX_FAULT_AFTER`] times in a row gives up mastership here.
+    async fn flush_renewals(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending_renewals);
+        pending.sort_unstable();
+        pending.dedup();
+        pending.retain(|&i| {
+            self.instances
+                .get(i)
+                .is_some_and(|x| x.router.state() == State::Master && !x.probing)
+        });
+        if pending.is_empty() {
+            return;
         }
-        instance.vip_failures = instance.vip_failures.saturating_add(1);
-        instance.vip_failures < TX_FAULT_AFTER
+        let results = self.add_vips_of(&pending).await;
+        for (index, ok) in pending.into_iter().zip(results) {
+            if !ok {
+                let actions = self.tx_fault(index);
+                self.apply(index, actions).await;
+            }
+        }
+    }
+
+    /// Adds (or refreshes) the VIPs and labels of each of `indexes`, in one
+    /// netlink batch per lease length; for each, false once
+    /// [`TX_FAULT_AFTER`] adds in a row have failed.
+    async fn add_vips_of(&mut self, indexes: &[usize]) -> Vec<bool> {
+        let mut batches: Vec<RenewalBatch> = Vec::new();
+        for &index in indexes {
+            let Some(instance) = self.instances.get(index) else {
+                continue;
+            };
+            let lifetime = instance.config.lifetime();
+            let at = match batches.iter().position(|b| b.0 == lifetime) {
+                Some(at) => at,
+                None => {
+                    batches.push((lifetime, Vec::new(), Vec::new()));
+                    batches.len() - 1
+                }
+            };
+            if let Some((_, vips, owners)) = batches.get_mut(at) {
+                for vip in &instance.vips {
+                    vips.push((instance.ifindex, *vip));
+                    owners.push(index);
+                }
+            }
+        }
+        let mut failed: HashMap<usize, u64> = HashMap::new();
+        for (lifetime, vips, owners) in &batches {
+            let results = self.netlink.add_vips(vips, *lifetime).await;
+            for (((_, vip), owner), added) in vips.iter().zip(owners).zip(results) {
+                let Some(instance) = self.instances.get(*owner) else {
+                    continue;
+                };
+                let vrid = instance.config.router.vrid;
+                if let Err(e) = added {
+                    warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add VIP");
+                    *failed.entry(*owner).or_default() += 1;
+                }
+                if let (IpAddr::V6(addr), Some(label)) = (vip.addr, instance.config.ipv6_addr_label)
+                    && let Err(e) = self.netlink.add_addr_label(addr, 128, label).await
+                {
+                    warn!(component = "vrrp", vrid, %vip, error = %e, "cannot add address label");
+                }
+            }
+        }
+        indexes
+            .iter()
+            .map(|index| {
+                let Some(instance) = self.instances.get_mut(*index) else {
+                    return false;
+                };
+                let failed = failed.get(index).copied().unwrap_or(0);
+                instance.stats.vip_errors += failed;
+                if failed == 0 {
+                    instance.vip_failures = 0;
+                    return true;
+                }
+                instance.vip_failures = instance.vip_failures.saturating_add(1);
+                instance.vip_failures < TX_FAULT_AFTER
+            })
+            .collect()
     }
 
     async fn remove_vips(&self, index: usize) {

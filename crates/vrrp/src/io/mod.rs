@@ -77,6 +77,7 @@
 //! ```
 
 pub mod config;
+mod deadline;
 pub mod driver;
 pub mod netlink;
 pub mod rx;

@@ -21,9 +21,15 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
-use rtnetlink::sys::{AsyncSocket, SocketAddr};
-use rtnetlink::{Handle, MulticastGroup};
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_ERROR, NetlinkMessage,
+    NetlinkPayload,
+};
+use rtnetlink::sys::{AsyncSocket, Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use rtnetlink::{AddressMessageBuilder, Handle, MulticastGroup};
+use socket2::{SockFilter, SockRef};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 /// Why a netlink operation failed.
@@ -63,6 +69,17 @@ pub enum NetlinkError {
         ifindex: u32,
         /// The address.
         addr: IpAddr,
+    },
+    /// A VIP add of a batch ([`VipManager::add_vips`]) failed: the kernel
+    /// refused it (the errno), or the batch could not be sent or was not
+    /// acknowledged in time.
+    #[error("netlink {operation} failed: {source}")]
+    Batch {
+        /// What was asked (`add address 192.0.2.100/24 on #2`).
+        operation: String,
+        /// The errno, or why no answer came.
+        #[source]
+        source: std::io::Error,
     },
     /// A prefix length longer than the address.
     #[error("prefix length {prefix_len} is too long for {addr}")]
@@ -241,10 +258,192 @@ pub fn pick_advert_source(
 /// Holds one rtnetlink connection, driven by a task on the current tokio
 /// runtime; the socket belongs to the network namespace of the thread that
 /// called [`VipManager::new`].
+///
+/// VIP adds and lease renewals go through a second netlink socket of its
+/// own, many in one `sendmsg(2)` ([`add_vips`](Self::add_vips)); its port
+/// id lets a [`LinkEvents`] subscriber drop the kernel's notifications of
+/// those adds ([`LinkEvents::subscribe_ignoring_adds_of`]).
 #[derive(Debug)]
 pub struct VipManager {
     handle: Handle,
     connection: JoinHandle<()>,
+    batch: tokio::sync::Mutex<BatchSocket>,
+    batch_port: u32,
+}
+
+/// VIP adds in one `sendmsg(2)` at most: a few dozen KiB, well under the
+/// socket's send buffer.
+const BATCH_MAX: usize = 256;
+
+/// How long a batch of VIP adds waits for the kernel's acknowledgement.
+/// rtnetlink answers within the `sendmsg(2)` call; this only bounds a lost
+/// answer (a full receive buffer).
+const BATCH_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The socket [`VipManager::add_vips`] sends its batches through.
+#[derive(Debug)]
+struct BatchSocket {
+    fd: AsyncFd<Socket>,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl BatchSocket {
+    fn open() -> Result<(BatchSocket, u32), NetlinkError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+        let port = socket
+            .bind_auto()
+            .map_err(NetlinkError::Socket)?
+            .port_number();
+        // Error answers carry only the header of the refused request.
+        socket.set_cap_ack(true).map_err(NetlinkError::Socket)?;
+        socket
+            .set_non_blocking(true)
+            .map_err(NetlinkError::Socket)?;
+        let fd = register(socket)?;
+        Ok((
+            BatchSocket {
+                fd,
+                seq: 0,
+                buf: Vec::with_capacity(8192),
+            },
+            port,
+        ))
+    }
+
+    /// Sends one `RTM_NEWADDR` replace per VIP of `vips` (at most
+    /// [`BATCH_MAX`]) in one datagram, only the last asking for an
+    /// acknowledgement: the kernel handles them in order and answers a
+    /// failed one with its error whatever the flags, so everything is known
+    /// once the last one's answer is in. Returns the errno of each failed
+    /// add by position, or why nothing is known.
+    async fn add(
+        &mut self,
+        vips: &[(u32, Vip)],
+        lifetime: VipLifetime,
+    ) -> Result<Vec<Option<i32>>, std::io::Error> {
+        let count = vips.len();
+        let first = self.seq.wrapping_add(1);
+        let mut request = Vec::new();
+        for (i, (ifindex, vip)) in vips.iter().enumerate() {
+            let mut message = NetlinkMessage::from(RouteNetlinkMessage::NewAddress(
+                address_message(*ifindex, *vip, lifetime),
+            ));
+            message.header.flags = NLM_F_REQUEST | NLM_F_REPLACE | NLM_F_CREATE;
+            if i + 1 == count {
+                message.header.flags |= NLM_F_ACK;
+            }
+            message.header.sequence_number = first.wrapping_add(i as u32);
+            message.finalize();
+            let at = request.len();
+            request.resize(at + message.buffer_len(), 0);
+            if let Some(out) = request.get_mut(at..) {
+                message.serialize(out);
+            }
+        }
+        self.seq = first.wrapping_add(count.saturating_sub(1) as u32);
+        let mut errors = vec![None; count];
+        if count == 0 {
+            return Ok(errors);
+        }
+        self.fd
+            .async_io(Interest::WRITABLE, |socket| socket.send(&request, 0))
+            .await?;
+        let buf = &mut self.buf;
+        let fd = &self.fd;
+        let answered = tokio::time::timeout(BATCH_ACK_TIMEOUT, async {
+            // Bounded by the timeout around it.
+            loop {
+                buf.clear();
+                fd.async_io(Interest::READABLE, |socket| socket.recv(buf, 0))
+                    .await?;
+                if read_answers(buf, first, &mut errors) {
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+        })
+        .await;
+        match answered {
+            Ok(Ok(())) => Ok(errors),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no acknowledgement from the kernel",
+            )),
+        }
+    }
+}
+
+/// Registers the non-blocking netlink `socket` with the current tokio
+/// runtime's reactor.
+#[allow(unsafe_code)]
+fn register(socket: Socket) -> Result<AsyncFd<Socket>, NetlinkError> {
+    // SAFETY: `Socket` owns its file descriptor (it closes it on drop): it
+    // stays open and the same for as long as the `Socket` lives, which is as
+    // long as the `AsyncFd` that takes ownership of it here.
+    unsafe { AsyncFd::register(socket) }.map_err(|e| NetlinkError::Socket(e.into()))
+}
+
+/// Reads the `NLMSG_ERROR` answers of one datagram into `errors` (by
+/// sequence number from `first`); true once the answer to the last request
+/// is among them. Answers to requests of an earlier batch are skipped.
+fn read_answers(datagram: &[u8], first: u32, errors: &mut [Option<i32>]) -> bool {
+    fn field<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
+        bytes.get(at..at + N)?.try_into().ok()
+    }
+    let mut done = false;
+    let mut at = 0;
+    // struct nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32; an
+    // error answer follows it with the errno (negative) as an i32. Each
+    // turn moves past one message of at least 16 bytes.
+    while let (Some(len), Some(kind), Some(seq)) = (
+        field(datagram, at).map(u32::from_ne_bytes),
+        field(datagram, at + 4).map(u16::from_ne_bytes),
+        field(datagram, at + 8).map(u32::from_ne_bytes),
+    ) {
+        let len = len as usize;
+        if len < 16 {
+            break;
+        }
+        if kind == NLMSG_ERROR {
+            let index = seq.wrapping_sub(first) as usize;
+            let code = field(datagram, at + 16).map(i32::from_ne_bytes);
+            if let (Some(code), Some(slot)) = (code, errors.get_mut(index)) {
+                if code != 0 {
+                    *slot = Some(code.saturating_neg());
+                }
+                done |= index + 1 == errors.len();
+            }
+        }
+        at += (len + 3) & !3;
+    }
+    done
+}
+
+/// The `RTM_NEWADDR` for `vip` on `ifindex`, as `ip addr add` builds it:
+/// IPv6 VIPs `nodad` (RFC 5798 §8.2: the VIP moves with the master), and
+/// the lease, if any, as the address's lifetimes.
+fn address_message(ifindex: u32, vip: Vip, lifetime: VipLifetime) -> AddressMessage {
+    let mut message = match vip.addr {
+        IpAddr::V4(addr) => AddressMessageBuilder::<std::net::Ipv4Addr>::new()
+            .index(ifindex)
+            .address(addr, vip.prefix_len)
+            .build(),
+        IpAddr::V6(addr) => AddressMessageBuilder::<Ipv6Addr>::new()
+            .index(ifindex)
+            .address(addr, vip.prefix_len)
+            .build(),
+    };
+    if vip.addr.is_ipv6() {
+        message.header.flags |= AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    if let Some(info) = lifetime.cache_info() {
+        message.attributes.push(AddressAttribute::CacheInfo(info));
+    }
+    message
 }
 
 impl Drop for VipManager {
@@ -270,8 +469,20 @@ impl VipManager {
     /// Opens the netlink connection. Must be called inside a tokio runtime.
     pub fn new() -> Result<VipManager, NetlinkError> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        let (batch, batch_port) = BatchSocket::open()?;
         let connection = tokio::spawn(connection);
-        Ok(VipManager { handle, connection })
+        Ok(VipManager {
+            handle,
+            connection,
+            batch: tokio::sync::Mutex::new(batch),
+            batch_port,
+        })
+    }
+
+    /// The netlink port id VIP adds are sent from: the kernel's
+    /// notification of an IPv4 address add carries it (IPv6 ones carry 0).
+    pub fn add_port_id(&self) -> u32 {
+        self.batch_port
     }
 
     /// Looks an interface up by name.
@@ -367,26 +578,46 @@ impl VipManager {
         vip: Vip,
         lifetime: VipLifetime,
     ) -> Result<(), NetlinkError> {
-        let mut request = self
-            .handle
-            .address()
-            .add(ifindex, vip.addr, vip.prefix_len)
-            .replace();
-        let message = request.message_mut();
-        if vip.addr.is_ipv6() {
-            // RFC 5798 §8.2: the VIP moves with the master; no DAD delay.
-            message.header.flags |= AddressHeaderFlags::Nodad;
-            message
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
-        if let Some(info) = lifetime.cache_info() {
-            message.attributes.push(AddressAttribute::CacheInfo(info));
-        }
-        request
-            .execute()
+        self.add_vips(&[(ifindex, vip)], lifetime)
             .await
-            .map_err(request_error(format!("add address {vip} on #{ifindex}")))
+            .into_iter()
+            .next()
+            .unwrap_or(Ok(()))
+    }
+
+    /// [`add_vip`](Self::add_vip) for each `(ifindex, vip)` of `vips`, all
+    /// in one `sendmsg(2)` and one answer (up to 256 a time): a Master of
+    /// 100 VIPs renews their leases with one system call and one wake-up
+    /// instead of 100 round trips (issue 15). One result per VIP, in order.
+    pub async fn add_vips(
+        &self,
+        vips: &[(u32, Vip)],
+        lifetime: VipLifetime,
+    ) -> Vec<Result<(), NetlinkError>> {
+        let mut results = Vec::with_capacity(vips.len());
+        let mut batch = self.batch.lock().await;
+        for chunk in vips.chunks(BATCH_MAX) {
+            let operation =
+                |(ifindex, vip): &(u32, Vip)| format!("add address {vip} on #{ifindex}");
+            match batch.add(chunk, lifetime).await {
+                Ok(errors) => {
+                    results.extend(chunk.iter().zip(errors).map(|(what, errno)| match errno {
+                        None => Ok(()),
+                        Some(errno) => Err(NetlinkError::Batch {
+                            operation: operation(what),
+                            source: std::io::Error::from_raw_os_error(errno),
+                        }),
+                    }));
+                }
+                Err(e) => results.extend(chunk.iter().map(|what| {
+                    Err(NetlinkError::Batch {
+                        operation: operation(what),
+                        source: std::io::Error::new(e.kind(), e.to_string()),
+                    })
+                })),
+            }
+        }
+        results
     }
 
     /// Removes `addr` from interface `ifindex`, whatever its prefix and
@@ -616,7 +847,28 @@ impl LinkEvents {
         LinkEvents::open(Some(bytes))
     }
 
+    /// Subscribes, but the kernel drops, before they reach the socket, its
+    /// notifications of IPv4 address adds made through `manager`
+    /// ([`VipManager::add_vips`]: our own VIP adds and lease renewals): a
+    /// Master renewing 100 leases a second is not woken 100 times to read
+    /// them back. A socket filter matches `RTM_NEWADDR` messages carrying
+    /// `manager`'s port id (IPv6 notifications carry none and still come).
+    /// `buffer` as [`subscribe_with_buffer`](Self::subscribe_with_buffer).
+    pub fn subscribe_ignoring_adds_of(
+        manager: &VipManager,
+        buffer: Option<u32>,
+    ) -> Result<LinkEvents, NetlinkError> {
+        LinkEvents::open_filtered(buffer, Some(manager.add_port_id()))
+    }
+
     fn open(buffer: Option<u32>) -> Result<LinkEvents, NetlinkError> {
+        LinkEvents::open_filtered(buffer, None)
+    }
+
+    fn open_filtered(
+        buffer: Option<u32>,
+        ignore_port: Option<u32>,
+    ) -> Result<LinkEvents, NetlinkError> {
         let groups = [
             MulticastGroup::Link,
             MulticastGroup::Ipv4Ifaddr,
@@ -629,6 +881,11 @@ impl LinkEvents {
                 .socket_mut()
                 .socket_ref()
                 .set_rx_buf_sz(libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX))
+                .map_err(NetlinkError::Socket)?;
+        }
+        if let Some(port) = ignore_port {
+            SockRef::from(connection.socket_mut().socket_ref())
+                .attach_filter(&own_adds_filter(port))
                 .map_err(NetlinkError::Socket)?;
         }
         let connection = tokio::spawn(connection);
@@ -679,6 +936,30 @@ impl LinkEvents {
             _ => None,
         }
     }
+}
+
+/// A classic BPF program for a netlink socket that drops `RTM_NEWADDR`
+/// messages whose `nlmsg_pid` is `port` and keeps everything else. The
+/// kernel runs it on each notification before queueing it (`sk_filter` in
+/// `do_one_broadcast`, net/netlink/af_netlink.c); each notification skb
+/// holds one message, whose header is host-endian while BPF loads are
+/// big-endian, hence the byte swaps.
+fn own_adds_filter(port: u32) -> [SockFilter; 6] {
+    // linux/filter.h, linux/bpf_common.h
+    const LD_H_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let kind = u32::from(u16::from_be_bytes(libc::RTM_NEWADDR.to_ne_bytes()));
+    let port = u32::from_be_bytes(port.to_ne_bytes());
+    [
+        SockFilter::new(LD_H_ABS, 0, 0, 4),  // nlmsg_type
+        SockFilter::new(JEQ_K, 0, 3, kind),  // not RTM_NEWADDR: keep
+        SockFilter::new(LD_W_ABS, 0, 0, 12), // nlmsg_pid
+        SockFilter::new(JEQ_K, 0, 1, port),  // another sender: keep
+        SockFilter::new(RET_K, 0, 0, 0),     // drop
+        SockFilter::new(RET_K, 0, 0, u32::MAX),
+    ]
 }
 
 impl Stream for LinkEvents {

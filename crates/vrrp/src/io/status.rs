@@ -63,10 +63,11 @@ pub struct DriverStatus {
     pub instances: Vec<InstanceStatus>,
     /// One entry per socket group.
     pub sockets: Vec<SocketStatus>,
-    /// Wake-ups of the driver's timer (router timers, and a heartbeat at
-    /// least every second): it moves as long as the driver's loop runs and
-    /// its timers fire, so a supervisor (the agent's systemd watchdog) can
-    /// tell a stalled driver from a live one.
+    /// Turns of the driver's loop (a router timer, a packet, a link event,
+    /// and a heartbeat when nothing else came for a second): it moves as
+    /// long as the driver's loop runs, at least once a second, so a
+    /// supervisor (the agent's systemd watchdog) can tell a stalled driver
+    /// (a send that never completes, a starved runtime) from a live one.
     pub progress: u64,
     /// Times the kernel dropped link and address notifications (the
     /// netlink receive buffer was full); each time the driver read links
