@@ -261,8 +261,8 @@ impl Signals {
         set.add(Signal::SIGTERM);
         set.add(Signal::SIGINT);
         set.add(Signal::SIGCHLD);
-        // Blocked, so they queue for the descriptor. Children start with
-        // an empty mask (std resets it between fork and exec).
+        // Blocked, so they queue for the descriptor. The mask would be
+        // inherited: every child clears it before exec (clear_signal_mask).
         set.thread_block()?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
         Ok(Signals { fd })
