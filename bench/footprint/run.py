@@ -5,6 +5,9 @@ READY=1 (sd_notify) of each, median of REPS starts.
 
     sudo bench/footprint/run.py [--reps 10] [--cplb target/release/cplb]
 
+Runs scripts/setup first (keepalived 2.4.3, haproxy; SKIP_SETUP=1 skips
+it) and builds cplb's release binaries unless --cplb names another one.
+
 Each start runs in a network namespace of its own (prefix cplbfp-<pid>-)
 with eth0 = 192.0.2.11/24 on a veth pair, removed on exit. cplb runs a
 k0s configuration with no kubeconfig yet (as when k0s starts it before the
@@ -94,6 +97,13 @@ def main():
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds network namespaces")
+    if os.environ.get("SKIP_SETUP") != "1":
+        subprocess.run([str(ROOT / "scripts/setup")], check=True)
+    if args.cplb == parser.get_default("cplb"):
+        # As installed: cplb on its own (not feature-unified with other
+        # packages), release profile.
+        subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "cplb", "--bins"],
+                       cwd=ROOT, check=True)
     keepalived = "/opt/keepalived-2.4.3/sbin/keepalived"
     if not Path(keepalived).exists():
         keepalived = shutil.which("keepalived")
