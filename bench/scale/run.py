@@ -338,6 +338,9 @@ def main():
     PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds network namespaces")
+    # keepalived 2.4.3, tcpdump (the takeover's capture); SKIP_SETUP=1 skips it.
+    if os.environ.get("SKIP_SETUP") != "1":
+        subprocess.run([str(ROOT / "scripts/setup")], check=True)
     for tool in ["tcpdump", "keepalived"]:
         if shutil.which(tool) is None:
             subprocess.run(["apt-get", "install", "-y", "-qq", tool], check=True)
