@@ -301,18 +301,11 @@ impl From<HostArg> for HostChoice {
 /// Runs `body` on a multi-threaded runtime; an error is logged and printed
 /// and exits 78 when the configuration is to blame, else 1.
 fn block_on(body: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    finish(
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the tokio runtime")
-            .and_then(|rt| rt.block_on(body)),
-    )
-}
-
-/// The exit status for `result`, its error logged and printed.
-fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
-    match result {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime");
+    match runtime.and_then(|rt| rt.block_on(body)) {
         Ok(code) => code,
         Err(e) => {
             error!(component = "agent", error = format!("{e:#}"), "failed");
